@@ -1,0 +1,187 @@
+"""Built-in tiny random-weight models, deterministic from a seed, written in the Hugging
+Face format so that they load through exactly the path real checkpoints take."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaNextConfig,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+)
+
+from ..graph.llava import LlavaGraph
+from .checkpoint import save_weights
+from .families import FAMILIES, args_from_config
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
+TINY_VOCAB = 272  # 5 specials + 256 bytes, rounded up as LLaVA rounds 32000 to 32064
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: any text round-trips, no download, 261 tokens."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(SPECIALS + alphabet)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    tokenizer.add_special_tokens(SPECIALS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def _tiny_llava_15() -> LlavaConfig:
+    vision = CLIPVisionConfig(
+        image_size=48,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=4,
+    )
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=3, pad_token_id=4)
+
+
+def _tiny_llava_next() -> LlavaNextConfig:
+    vision = CLIPVisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        projection_dim=32,
+    )
+    # Mistral-style with grouped-query attention (4 query heads share 2 KV heads).
+    text = MistralConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        sliding_window=None,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=4,
+    )
+    pinpoints = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
+    return LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_index=3, pad_token_id=4, image_grid_pinpoints=pinpoints
+    )
+
+
+BUILTIN_CONFIGS = {"tiny-llava-1.5": _tiny_llava_15, "tiny-llava-next": _tiny_llava_next}
+
+
+def init_weights(graph: LlavaGraph, seed: int) -> None:
+    """Deterministic weights whose logits are well separated (so greedy decoding is stable)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in graph.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if "norm" in name and name.endswith("weight"):
+                param.copy_(1.0 + 0.1 * noise)
+            elif name.endswith("bias"):
+                param.copy_(0.02 * noise)
+            elif param.dim() >= 2 and "embed" not in name:
+                param.copy_(noise / math.sqrt(param[0].numel()))
+            else:
+                param.copy_(noise / math.sqrt(param.shape[-1]) if param.dim() else noise)
+
+
+def _processor(name: str, config, tokenizer):
+    family = FAMILIES[args_from_config(config).family]
+    v = config.vision_config
+    crop = {"height": v.image_size, "width": v.image_size}
+    common = dict(
+        tokenizer=tokenizer,
+        patch_size=v.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=family.default_chat_template,
+    )
+    if family.name == "llava-next":
+        images = LlavaNextImageProcessorPil(
+            size={"shortest_edge": v.image_size}, crop_size=crop, image_grid_pinpoints=config.image_grid_pinpoints
+        )
+        return LlavaNextProcessor(image_processor=images, **common)
+    images = CLIPImageProcessorPil(size={"shortest_edge": v.image_size}, crop_size=crop)
+    return LlavaProcessor(image_processor=images, **common)
+
+
+def write_builtin(name: str, folder: Path, seed: int = 0, max_shard_bytes: int | None = None) -> Path:
+    """Write built-in model `name` in the Hugging Face layout into `folder`."""
+    config = BUILTIN_CONFIGS[name]()
+    graph = LlavaGraph(args_from_config(config))
+    init_weights(graph, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    save_weights(graph, folder, max_shard_bytes)
+    tokenizer = byte_tokenizer()
+    tokenizer.chat_template = FAMILIES[graph.args.family].default_chat_template
+    _processor(name, config, tokenizer).save_pretrained(folder)
+    return folder
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("VTPEXPORT_CACHE", Path.home() / ".cache" / "vtpexport"))
+
+
+def builtin_folder(name: str) -> Path:
+    """The built-in model's folder in the cache, written on first use (atomically)."""
+    # Keyed by this file's content, so changing how built-ins are made never reuses a stale copy.
+    fingerprint = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    folder = cache_root() / "builtin" / f"{name}-{fingerprint}"
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        write_builtin(name, staging)
+        staging.rename(folder)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not folder.is_dir():  # another process may have won the race
+            raise
+    return folder
