@@ -1,18 +1,25 @@
-"""A Llama / Mistral-style decoder: RMSNorm, RoPE at arbitrary positions, GQA, SwiGLU.
+"""A Llama / Mistral-style decoder: RMSNorm, RoPE at arbitrary positions, GQA, SwiGLU,
+with the in-LLM pruning schedules (FitPrune, PyramidDrop, FastV) in its prefill.
 
-KV caches are plain tensors, one (key, value) pair per layer, each [B, H_kv, S, Dh].
+KV caches are plain tensors. With pruning each layer keeps its own cache length, so every
+layer's cache carries its own key mask and RoPE positions.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..pruning.fastv import fastv_scores
+from ..pruning.fitprune import fitprune_scores, materialised_attention
+from ..pruning.ops import gather_tokens, topk_ascending
+from ..pruning.pyramiddrop import pyramiddrop_scores
+from ..recipe import ScheduleSpec
 from .args import TextArgs
 from .vision import activation
-
-KVCache = list[tuple[Tensor, Tensor]]
 
 
 class RMSNorm(nn.Module):
@@ -62,6 +69,11 @@ def attention_bias(
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """[B, H_kv, S, Dh] -> [B, H_kv * groups, S, Dh] for grouped-query attention."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
 class Attention(nn.Module):
     def __init__(self, args: TextArgs):
         super().__init__()
@@ -74,21 +86,26 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, args.num_kv_heads * args.head_dim, bias=False)
         self.o_proj = nn.Linear(args.num_heads * args.head_dim, d, bias=False)
 
+    def heads(self, x: Tensor, num_heads: int) -> Tensor:
+        b, s, _ = x.shape  # [B, S, H * Dh] -> [B, H, S, Dh]
+        return x.view(b, s, num_heads, self.head_dim).transpose(1, 2)
+
     def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q [B, H, S, Dh], k and v [B, H_kv, S, Dh], RoPE applied."""
-        b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        q = apply_rope(self.heads(self.q_proj(x), self.num_heads), cos, sin)
+        k = apply_rope(self.heads(self.k_proj(x), self.num_kv_heads), cos, sin)
+        return q, k, self.heads(self.v_proj(x), self.num_kv_heads)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        """Attention output before o_proj, [B, S, H * Dh]."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, return_probs: bool = False):
+        """Attention output before o_proj [B, S, H * Dh], and the fp32 probabilities if asked."""
         groups = self.num_heads // self.num_kv_heads
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return y.transpose(1, 2).flatten(2)
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        probs = None
+        if return_probs:  # scoring layers need the probabilities, so no fused kernel there
+            y, probs = materialised_attention(q, k, v, bias)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return y.transpose(1, 2).flatten(2), probs
 
 
 class FeedForward(nn.Module):
@@ -111,15 +128,54 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = FeedForward(args)
 
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, past: tuple[Tensor, Tensor] | None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        q, k, v = self.self_attn.project(self.input_layernorm(x), cos, sin)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        x = x + self.self_attn.o_proj(self.self_attn.attend(q, k, v, bias))
-        return x + self.mlp(self.post_attention_layernorm(x)), (k, v)
+    def finish(self, x: Tensor, attn: Tensor) -> Tensor:
+        """Residual add of o_proj(attention), then the MLP block."""
+        x = x + self.self_attn.o_proj(attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+@dataclass
+class LayerCache:
+    """One layer's KV cache and what each cached key is."""
+
+    key: Tensor  # [B, H_kv, S_l, Dh]
+    value: Tensor
+    key_mask: Tensor  # [B, S_l], 1 = real token
+    key_positions: Tensor  # [B, S_l], RoPE position
+
+
+@dataclass
+class Sequence:
+    """The prefill sequence [prefix | image (image_len) | text] as it moves through layers."""
+
+    x: Tensor  # [B, S, D]
+    key_mask: Tensor  # [B, S]
+    positions: Tensor  # [B, S]
+    image_ids: Tensor  # [B, image_len]: index of each remaining image token in the original image
+    image_start: int
+    image_len: int
+
+    def keep_image(self, kept: Tensor, renumber: bool) -> tuple[Sequence, Tensor]:
+        """Keep image tokens `kept` [B, k] (ascending); return the new sequence and the row index."""
+        b, s = self.key_mask.shape
+        end = self.image_start + self.image_len
+        arange = torch.arange(s, device=kept.device)[None].expand(b, s)
+        rows = torch.cat([arange[:, : self.image_start], kept + self.image_start, arange[:, end:]], dim=1)
+        key_mask = torch.gather(self.key_mask, 1, rows)
+        positions = (key_mask.cumsum(-1) - 1).clamp(min=0) if renumber else torch.gather(self.positions, 1, rows)
+        image_ids = torch.gather(self.image_ids, 1, kept)
+        sequence = Sequence(
+            gather_tokens(self.x, rows), key_mask, positions, image_ids, self.image_start, kept.shape[1]
+        )
+        return sequence, rows
+
+
+@dataclass
+class PrefillResult:
+    hidden: Tensor  # [B, D] final-normed hidden state of the last position
+    caches: list[LayerCache]
+    image_ids: list[Tensor]  # per layer, [B, n_l]: original indices of the image tokens it attended
+    kept_ids: dict[int, Tensor]  # layer of each drop -> original indices of the image tokens kept there
 
 
 class Decoder(nn.Module):
@@ -131,24 +187,88 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    def forward(
-        self,
-        inputs_embeds: Tensor,
-        position_ids: Tensor,
-        key_mask: Tensor,
-        key_positions: Tensor,
-        past: KVCache | None = None,
-    ) -> tuple[Tensor, KVCache]:
-        """Run all layers; return the final-normed hidden states [B, S, D] and the present KV.
-
-        key_mask / key_positions [B, S_past + S] describe every key (past then new).
-        """
+    def _rope_and_bias(self, positions: Tensor, key_mask: Tensor, key_positions: Tensor, dtype: torch.dtype):
         a = self.args
-        cos, sin = rope_cos_sin(position_ids, a.head_dim, a.rope_theta, inputs_embeds.dtype)
-        bias = attention_bias(key_mask, position_ids, key_positions, a.sliding_window, inputs_embeds.dtype)
-        x = inputs_embeds
-        present: KVCache = []
+        cos, sin = rope_cos_sin(positions, a.head_dim, a.rope_theta, dtype)
+        return cos, sin, attention_bias(key_mask, positions, key_positions, a.sliding_window, dtype)
+
+    def prefill(
+        self, seq: Sequence, schedule: ScheduleSpec | None = None, replay: dict[int, Tensor] | None = None
+    ) -> PrefillResult:
+        """Run every layer over the prompt, pruning image tokens as `schedule` says.
+
+        replay: the `kept_ids` of an earlier prefill; the same image tokens are kept at the same
+        layers instead of being scored again (to check decoding against full re-runs).
+        """
+        method = schedule.method if schedule else None
+        renumber = schedule is not None and schedule.position_policy == "renumbered"
+        n0 = seq.image_len
+        caches, image_ids, kept_ids = [], [], {}
+
+        scoring = replay is None
+
+        def drop(seq: Sequence, index: int, keep: int, scores: Tensor | None) -> tuple[Sequence, Tensor]:
+            if scoring:
+                kept = topk_ascending(scores, keep)
+            else:
+                kept = torch.searchsorted(seq.image_ids.contiguous(), replay[index])
+            seq, rows = seq.keep_image(kept, renumber)
+            kept_ids[index] = seq.image_ids
+            return seq, rows
+
         for index, layer in enumerate(self.layers):
-            x, kv = layer(x, cos, sin, bias, None if past is None else past[index])
-            present.append(kv)
-        return self.norm(x), present
+            if method == "pyramiddrop" and index in schedule.layers:
+                keep = schedule.stage_keep(schedule.layers.index(index) + 1, n0)
+                seq, _ = drop(seq, index, keep, self._pyramiddrop_scores(layer, seq) if scoring else None)
+            cos, sin, bias = self._rope_and_bias(seq.positions, seq.key_mask, seq.positions, seq.x.dtype)
+            q, k, v = layer.self_attn.project(layer.input_layernorm(seq.x), cos, sin)
+            drop_count = schedule.fitprune_drop(index, n0) if method == "fitprune" else 0
+            attn, probs = layer.self_attn.attend(q, k, v, bias, return_probs=drop_count > 0 and scoring)
+            caches.append(LayerCache(k, v, seq.key_mask, seq.positions))
+            image_ids.append(seq.image_ids)
+            if drop_count > 0:
+                # FitPrune drops after attention, before o_proj: the cache above kept every token.
+                scores = fitprune_scores(probs, seq.image_start, seq.image_len, seq.key_mask) if scoring else None
+                seq, rows = drop(seq, index, seq.image_len - drop_count, scores)
+                attn = gather_tokens(attn, rows)
+            seq.x = layer.finish(seq.x, attn)
+            if method == "fastv" and index == schedule.layer - 1:
+                # FastV reads this layer's last-row attention (q, k, bias of the layer just run).
+                scores = self._fastv_scores(layer, q, k, bias, seq) if scoring else None
+                seq, _ = drop(seq, index, schedule.fastv_keep(n0), scores)
+        return PrefillResult(self.norm(seq.x[:, -1]), caches, image_ids, kept_ids)
+
+    def _fastv_scores(self, layer: DecoderLayer, q: Tensor, k: Tensor, bias: Tensor, seq: Sequence) -> Tensor:
+        k = repeat_kv(k, layer.self_attn.num_heads // layer.self_attn.num_kv_heads)
+        logits = (q[:, :, -1:] @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5 + bias[:, :, -1:].float()
+        return fastv_scores(torch.softmax(logits, dim=-1)[:, :, 0], seq.image_start, seq.image_len, seq.key_mask)
+
+    def _pyramiddrop_scores(self, layer: DecoderLayer, seq: Sequence) -> Tensor:
+        h = layer.input_layernorm(seq.x)
+        attn = layer.self_attn
+        cos, sin, bias = self._rope_and_bias(seq.positions, seq.key_mask, seq.positions, seq.x.dtype)
+        q_last = apply_rope(attn.heads(attn.q_proj(h[:, -1:]), attn.num_heads), cos[:, -1:], sin[:, -1:])
+        k = apply_rope(attn.heads(attn.k_proj(h), attn.num_kv_heads), cos, sin)
+        k = repeat_kv(k, attn.num_heads // attn.num_kv_heads)
+        return pyramiddrop_scores(q_last, k, bias[:, :, -1:], seq.image_start, seq.image_len, seq.key_mask)
+
+    def decode(self, embeds: Tensor, caches: list[LayerCache]) -> tuple[Tensor, list[LayerCache]]:
+        """One token [B, 1, D] after a (possibly pruned) prefill; returns hidden [B, D] and caches.
+
+        Each layer places the token right after its own last cached position, which gives the
+        renumbered policy its per-stage offsets and the original policy its true position.
+        """
+        x = embeds
+        updated = []
+        for layer, cache in zip(self.layers, caches, strict=True):
+            position = cache.key_positions.max(dim=-1, keepdim=True).values + 1  # [B, 1]
+            key_mask = torch.cat([cache.key_mask, torch.ones_like(position)], dim=1)
+            key_positions = torch.cat([cache.key_positions, position], dim=1)
+            cos, sin, bias = self._rope_and_bias(position, key_mask, key_positions, x.dtype)
+            q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
+            k = torch.cat([cache.key, k], dim=2)
+            v = torch.cat([cache.value, v], dim=2)
+            attn, _ = layer.self_attn.attend(q, k, v, bias)
+            x = layer.finish(x, attn)
+            updated.append(LayerCache(k, v, key_mask, key_positions))
+        return self.norm(x[:, -1]), updated

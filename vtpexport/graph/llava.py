@@ -12,17 +12,27 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..pruning.fopru import fopru_rank, fopru_row, fopru_significance
+from ..pruning.ops import gather_tokens, iqr_outliers
+from ..pruning.prumerge import adaptive_count, merge, plus_samples, prumerge_scores, select_outliers
+from ..recipe import ScheduleSpec, SelectorSpec
 from .args import LlavaArgs
-from .decoder import Decoder, KVCache
+from .decoder import Decoder, LayerCache, Sequence
 from .vision import Projector, VisionTower
+
+
+@dataclass
+class ImageTokens:
+    embeds: Tensor  # [B, k, D_text] visual tokens entering the LLM
+    patch_index: Tensor  # [B, k] raster index of each token's patch (-1: PruMerge's merged token)
 
 
 @dataclass
 class PrefillOutput:
     logits: Tensor  # [B, V] at the last position
-    present: KVCache
-    key_mask: Tensor  # [B, S] which cached keys are real tokens
-    key_positions: Tensor  # [B, S] RoPE position of each cached key
+    caches: list[LayerCache]
+    image_ids: list[Tensor]  # per layer, original indices of the image tokens it attended
+    kept_ids: dict[int, Tensor]  # layer of each drop -> original indices of the tokens kept there
 
 
 class LlavaGraph(nn.Module):
@@ -38,10 +48,50 @@ class LlavaGraph(nn.Module):
     def tile_features(self, pixel_values: Tensor) -> Tensor:
         """[T, C, H, W] image tiles -> projected features [T, P, D_text]."""
         out = self.vision(pixel_values, feature_layer=self.args.feature_layer_index)
-        features = out.features
-        if self.args.vision_feature_select_strategy == "default":
-            features = features[:, 1:]
-        return self.projector(features)
+        return self.projector(self._select_strategy(out.features))
+
+    def _select_strategy(self, features: Tensor) -> Tensor:
+        return features[:, 1:] if self.args.vision_feature_select_strategy == "default" else features
+
+    def select_image_tokens(self, pixel_values: Tensor, selector: SelectorSpec) -> ImageTokens:
+        """LLaVA-1.5 images [B, C, H, W] -> the selector's visual tokens, projected.
+
+        Adaptive PruMerge counts are per image, so those run one image at a time (B = 1).
+        """
+        a = self.args
+        feature_layer = a.feature_layer_index
+        method = selector.method
+        out = self.vision(
+            pixel_values,
+            feature_layer=feature_layer,
+            attn_layer=feature_layer if method.startswith("fopru") else None,
+            qk_layer=feature_layer + 1 if method.startswith("prumerge") else None,
+        )
+        patches = out.features[:, 1:]  # selectors score patches; CLS never enters the LLM
+        n, grid = a.vision.num_patches, a.vision.grid_size
+        if method.startswith("fopru"):
+            significance = fopru_significance(out.attn_probs)
+            keep = selector.output_tokens(n, grid)
+            kept = (
+                fopru_rank(significance, keep)
+                if method == "fopru-rank"
+                else fopru_row(significance, grid, keep // grid)
+            )
+            return ImageTokens(self.projector(gather_tokens(patches, kept)), kept)
+        scores = prumerge_scores(out.query, out.key)
+        if selector.tokens is not None:
+            kept = select_outliers(scores, min(selector.tokens, n), selector.order)
+        else:
+            outliers = int(adaptive_count(scores)[0])
+            if method == "prumerge":
+                kept = select_outliers(scores, outliers, selector.order)
+            else:
+                chosen = iqr_outliers(scores)
+                chosen[:, plus_samples(n, outliers)] = True
+                kept = chosen[0].nonzero().flatten()[None]
+        merged = merge(patches, out.key[:, 1:], scores, kept)
+        index = torch.cat([kept, torch.full_like(kept[:, :1], -1)], dim=1)
+        return ImageTokens(self.projector(merged), index)
 
     def pack_tiles(self, tile_features: Tensor, layout: Tensor) -> Tensor:
         """LLaVA-NeXT: gather tile features (plus image_newline) into the image's token sequence.
@@ -66,24 +116,25 @@ class LlavaGraph(nn.Module):
         prefix_mask: Tensor,
         image_mask: Tensor,
         suffix_mask: Tensor,
+        schedule: ScheduleSpec | None = None,
+        replay: dict[int, Tensor] | None = None,
     ) -> PrefillOutput:
         """prefix/suffix ids [B, P] / [B, T], image_embeds [B, N, D]; masks 1 = real token.
 
         Positions count real tokens only, so padding anywhere leaves the answer unchanged.
+        replay: `kept_ids` of an earlier prefill, to keep the same image tokens again.
         """
-        embeds = torch.cat(
-            [self.embed(prefix_ids), image_embeds.to(self.decoder.embed_tokens.weight.dtype), self.embed(suffix_ids)],
-            dim=1,
-        )
+        dtype = self.decoder.embed_tokens.weight.dtype
+        embeds = torch.cat([self.embed(prefix_ids), image_embeds.to(dtype), self.embed(suffix_ids)], dim=1)
         key_mask = torch.cat([prefix_mask, image_mask, suffix_mask], dim=1).long()
         positions = (key_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden, present = self.decoder(embeds, positions, key_mask, positions)
-        return PrefillOutput(self.logits(hidden[:, -1]), present, key_mask, positions)
+        n = image_embeds.shape[1]
+        image_ids = torch.arange(n, device=embeds.device)[None].expand(embeds.shape[0], n)
+        seq = Sequence(embeds, key_mask, positions, image_ids, prefix_ids.shape[1], n)
+        result = self.decoder.prefill(seq, schedule, replay)
+        return PrefillOutput(self.logits(result.hidden), result.caches, result.image_ids, result.kept_ids)
 
-    def decode(self, token_ids: Tensor, past: KVCache, key_mask: Tensor, key_positions: Tensor) -> PrefillOutput:
-        """One step: token_ids [B, 1] after a cache described by key_mask / key_positions."""
-        position = key_positions.max(dim=-1, keepdim=True).values + 1  # [B, 1]
-        key_mask = torch.cat([key_mask, torch.ones_like(position)], dim=1)
-        key_positions = torch.cat([key_positions, position], dim=1)
-        hidden, present = self.decoder(self.embed(token_ids), position, key_mask, key_positions, past)
-        return PrefillOutput(self.logits(hidden[:, -1]), present, key_mask, key_positions)
+    def decode(self, token_ids: Tensor, caches: list[LayerCache]) -> PrefillOutput:
+        """One step: token_ids [B, 1] after the caches of a prefill (or of earlier steps)."""
+        hidden, caches = self.decoder.decode(self.embed(token_ids), caches)
+        return PrefillOutput(self.logits(hidden), caches, [], {})

@@ -8,9 +8,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..errors import UserError
 from ..models.anyres import num_tiles, packing_index
 from ..models.loader import LoadedModel
 from ..models.prompt import PromptParts, check_context, format_prompt, left_pad, split_prompt
+from ..recipe import Recipe
 
 
 @dataclass
@@ -27,6 +29,17 @@ class PreparedBatch:
     num_image_tokens: list[int]
 
 
+def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
+    if recipe is None:
+        return
+    recipe.check_model(model.args, model.source.name)
+    if recipe.selector and model.args.family == "llava-next":
+        raise UserError(
+            f"selector {recipe.selector.method} is not supported on LLaVA-NeXT anyres images yet; "
+            "use an in-LLM schedule (fitprune, pyramiddrop, fastv)"
+        )
+
+
 def image_tiles(model: LoadedModel, image: Image.Image) -> tuple[Tensor, tuple[int, int]]:
     """Pixel tiles [T, C, H, W] the vision tower takes, and the original (height, width)."""
     out = model.image_processor(images=[image], return_tensors="pt")
@@ -38,21 +51,30 @@ def image_tiles(model: LoadedModel, image: Image.Image) -> tuple[Tensor, tuple[i
 
 
 @torch.no_grad()
-def image_embeddings(model: LoadedModel, image: Image.Image) -> Tensor:
-    """The image's token embeddings [n, D] in prompt order."""
+def image_embeddings(model: LoadedModel, image: Image.Image, recipe: Recipe | None = None) -> Tensor:
+    """The image's visual tokens [n, D] in prompt order, after the recipe's selector if any."""
     tiles, size = image_tiles(model, image)
+    if recipe is not None and recipe.selector is not None:
+        return model.graph.select_image_tokens(tiles, recipe.selector).embeds[0]
     features = model.graph.tile_features(tiles)
     if model.args.family == "llava-next":
         return model.graph.pack_tiles(features, torch.from_numpy(packing_index(size, model.args)))
     return features[0]
 
 
-def prepare(model: LoadedModel, images: list[Image.Image], prompts: list[str], max_new_tokens: int) -> PreparedBatch:
+def prepare(
+    model: LoadedModel,
+    images: list[Image.Image],
+    prompts: list[str],
+    max_new_tokens: int,
+    recipe: Recipe | None = None,
+) -> PreparedBatch:
+    check_recipe_applies(model, recipe)
     parts, embeds = [], []
     for image, prompt in zip(images, prompts, strict=True):
         text = format_prompt(model.tokenizer, prompt, model.chat_template)
         part = split_prompt(model.tokenizer, text, model.args.image_token_id)
-        embed = image_embeddings(model, image)
+        embed = image_embeddings(model, image, recipe)
         check_context(part, embed.shape[0], max_new_tokens, model.args.text.max_position_embeddings)
         parts.append(part)
         embeds.append(embed)
@@ -72,15 +94,29 @@ def prepare(model: LoadedModel, images: list[Image.Image], prompts: list[str], m
 
 @torch.no_grad()
 def greedy_generate(
-    model: LoadedModel, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None
+    model: LoadedModel,
+    batch: PreparedBatch,
+    max_new_tokens: int,
+    stop_token_ids: tuple[int, ...] | None = None,
+    recipe: Recipe | None = None,
 ) -> list[list[int]]:
-    """Greedy decoding with the KV cache; a row ends at its first stop token (kept)."""
+    """Greedy decoding with the KV cache; a row ends at its first stop token (kept).
+
+    The recipe's schedule prunes the prefill; its selector was applied in `prepare`.
+    """
     if stop_token_ids is None:
         stop_token_ids = tuple(t for t in [model.tokenizer.eos_token_id] if t is not None)
     stops = torch.tensor(stop_token_ids, dtype=torch.long)
     graph = model.graph
+    schedule = recipe.schedule if recipe else None
     out = graph.prefill(
-        batch.prefix_ids, batch.image_embeds, batch.suffix_ids, batch.prefix_mask, batch.image_mask, batch.suffix_mask
+        batch.prefix_ids,
+        batch.image_embeds,
+        batch.suffix_ids,
+        batch.prefix_mask,
+        batch.image_mask,
+        batch.suffix_mask,
+        schedule,
     )
     rows: list[list[int]] = [[] for _ in range(batch.prefix_ids.shape[0])]
     finished = torch.zeros(len(rows), dtype=torch.bool)
@@ -91,5 +127,5 @@ def greedy_generate(
         finished |= torch.isin(token, stops)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
-        out = graph.decode(token[:, None], out.present, out.key_mask, out.key_positions)
+        out = graph.decode(token[:, None], out.caches)
     return rows

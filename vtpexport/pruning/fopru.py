@@ -1,0 +1,36 @@
+"""FoPru (Jiang et al., arXiv 2411.14164) selection from the vision encoder's attention.
+
+No official code was published; this follows the paper as METHODS.md reads it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .ops import topk_ascending
+
+
+def fopru_significance(attn_probs: Tensor) -> Tensor:
+    """sigma [B, N] from the feature layer's attention [B, H, 1 + N, 1 + N] (CLS first).
+
+    CLS row and column are dropped without renormalising; heads are averaged. u (attention
+    each token receives) or v (attention it gives), whichever varies more, is the score.
+    """
+    m = attn_probs[:, :, 1:, 1:].float().mean(dim=1)
+    received, given = m.mean(dim=1), m.mean(dim=2)
+    use_received = received.var(dim=-1, unbiased=False) >= given.var(dim=-1, unbiased=False)
+    return torch.where(use_received[:, None], received, given)
+
+
+def fopru_rank(significance: Tensor, keep: int) -> Tensor:
+    """Indices [B, keep] of the most significant tokens, in raster order."""
+    return topk_ascending(significance, keep)
+
+
+def fopru_row(significance: Tensor, grid_size: int, keep_rows: int) -> Tensor:
+    """Whole patch-grid rows with the most total significance: indices [B, keep_rows * grid]."""
+    b = significance.shape[0]
+    rows = topk_ascending(significance.view(b, grid_size, grid_size).sum(dim=-1), keep_rows)
+    columns = torch.arange(grid_size, device=significance.device)
+    return (rows[..., None] * grid_size + columns).flatten(1)
