@@ -54,7 +54,7 @@ def merge(features: Tensor, patch_keys: Tensor, scores: Tensor, kept: Tensor) ->
     similarity = similarity.scatter(-1, kept[..., None], float("-inf"))  # never its own neighbour
     neighbours = torch.topk(similarity, min(NEIGHBOURS, n - 1), dim=-1).indices  # [B, k, K]
     weights = torch.gather(scores[:, None].expand(-1, kept.shape[1], -1), 2, neighbours)
-    neighbour_x = gather_tokens(features, neighbours.flatten(1)).view(*neighbours.shape, -1)
+    neighbour_x = gather_tokens(features, neighbours.flatten(1)).view(*neighbours.shape, features.shape[-1])
     merged = gather_tokens(features, kept) + (weights[..., None].to(features.dtype) * neighbour_x).sum(dim=2)
     pruned = torch.ones(b, n, dtype=scores.dtype, device=scores.device).scatter(1, kept, 0.0)
     remainder = ((scores * pruned)[..., None].to(features.dtype) * features).sum(dim=1, keepdim=True)
