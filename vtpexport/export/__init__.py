@@ -1,0 +1,1 @@
+"""Export: ONNX graphs, the manifest, the TensorRT-compatibility lint."""
