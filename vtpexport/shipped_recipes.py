@@ -1,0 +1,107 @@
+"""The recipes we ship in recipes/: the published FitPrune recipes and the default
+PyramidDrop and FastV schedules, built here so that the YAML files can be regenerated.
+
+    python -m vtpexport.shipped_recipes [FOLDER]     # (re)writes FOLDER (default: ./recipes)
+
+The output is deterministic (fixed creation date), so regenerating gives identical bytes.
+
+The FitPrune per-layer drop counts come from the FitPrune authors' code, collected in
+vtpexport/data/fitprune_published_recipes.json. That file also holds recipes for
+llava-hr-7b; they are not written to recipes/ because the LLaVA-HR family is not supported
+yet, so they cannot be tied to an architecture (config hash). They stay in the data file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from .recipe import ModelRef, Recipe, ScheduleSpec, new_provenance
+
+PUBLISHED_FITPRUNE = "fitprune_published_recipes.json"
+# Fixed, so that regenerating the files changes nothing; the day these recipes were first written.
+CREATED = "2026-11-22T00:00:00+00:00"
+FITPRUNE_MODELS = ("llava-1.5-7b",)  # llava-hr-7b waits for the LLaVA-HR family
+SCHEDULE_MODELS = ("llava-1.5-7b", "llava-next-7b")
+PYRAMIDDROP_DEFAULT = ScheduleSpec(method="pyramiddrop", layers=(8, 16, 24), ratio=0.5)
+FASTV_DEFAULT = ScheduleSpec(method="fastv", layer=2, ratio=0.5)
+
+
+def published_fitprune() -> dict:
+    """The published FitPrune data: {model: {"n_visual": N, "recipes": {cut%: [drop per layer]}}, ...}."""
+    return json.loads(files("vtpexport").joinpath("data", PUBLISHED_FITPRUNE).read_text())
+
+
+def model_ref(name: str) -> ModelRef:
+    from .models.loader import architecture
+
+    args = architecture(name)
+    return ModelRef(args.family, name, args.config_hash())
+
+
+def fitprune_recipes(model: str = "llava-1.5-7b") -> list[Recipe]:
+    """One recipe per published cut, in increasing order of the cut."""
+    published = published_fitprune()[model]
+    ref = model_ref(model)
+    recipes = []
+    for cut, drop in sorted(published["recipes"].items(), key=lambda item: int(item[0])):
+        provenance = new_provenance(
+            "vtpexport.shipped_recipes",
+            created=CREATED,
+            source="FitPrune authors' code (github.com/ywh187/FitPrune), hard-coded per-layer drop counts",
+            data=f"vtpexport/data/{PUBLISHED_FITPRUNE}",
+            stated_flops_cut=int(cut) / 100,
+        )
+        schedule = ScheduleSpec(method="fitprune", drop=tuple(drop), visual_tokens=published["n_visual"])
+        recipes.append(Recipe(f"fitprune-{model}-{cut}", ref, schedule=schedule, provenance=provenance))
+    return recipes
+
+
+def default_schedule_recipes(model: str) -> list[Recipe]:
+    """PyramidDrop and FastV with the defaults of their papers and code."""
+    ref = model_ref(model)
+    sources = {
+        "pyramiddrop": "PyramidDrop defaults (paper and github.com/Cooperx521/PyramidDrop): stages end at "
+        "layers 8, 16, 24, ratio 0.5",
+        "fastv": "FastV defaults (paper and github.com/pkunlp-icler/FastV): K=2, R=50%",
+    }
+    return [
+        Recipe(
+            f"{schedule.method}-{model}",
+            ref,
+            schedule=schedule,
+            provenance=new_provenance("vtpexport.shipped_recipes", created=CREATED, source=sources[schedule.method]),
+        )
+        for schedule in (PYRAMIDDROP_DEFAULT, FASTV_DEFAULT)
+    ]
+
+
+def shipped_recipes() -> list[Recipe]:
+    recipes = [recipe for model in FITPRUNE_MODELS for recipe in fitprune_recipes(model)]
+    return recipes + [recipe for model in SCHEDULE_MODELS for recipe in default_schedule_recipes(model)]
+
+
+def write_recipes(folder: str | Path) -> list[Path]:
+    """Write every shipped recipe to `folder`/<name>.yaml; returns the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for recipe in shipped_recipes():
+        path = folder / f"{recipe.name}.yaml"
+        recipe.save(path)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) > 1 or any(arg.startswith("-") for arg in argv):
+        sys.exit("usage: python -m vtpexport.shipped_recipes [FOLDER]   (default: ./recipes)")
+    for path in write_recipes(argv[0] if argv else "recipes"):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
