@@ -126,6 +126,14 @@ class ScheduleSpec:
         r = 1 - ratio(self.ratio)
         return (2 * n * r.numerator + r.denominator) // (2 * r.denominator)
 
+    def stage_starts(self, num_layers: int) -> list[int]:
+        """First layer of each KV-cache stage: layers of a stage share one cache length."""
+        if self.method == "fitprune":
+            return [0] + [layer + 1 for layer in range(num_layers - 1) if self.drop[layer] > 0]
+        if self.method == "pyramiddrop":
+            return [0, *self.layers]
+        return [0, self.layer]
+
     def tokens_per_layer(self, n: int, num_layers: int) -> list[tuple[int, int]]:
         """Visual tokens per layer: (entering the layer, after its in-layer drop)."""
         plan = []

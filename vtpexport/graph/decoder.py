@@ -159,8 +159,9 @@ class Sequence:
         """Keep image tokens `kept` [B, k] (ascending); return the new sequence and the row index."""
         b, s = self.key_mask.shape
         end = self.image_start + self.image_len
-        arange = torch.arange(s, device=kept.device)[None].expand(b, s)
-        rows = torch.cat([arange[:, : self.image_start], kept + self.image_start, arange[:, end:]], dim=1)
+        prefix = torch.arange(self.image_start, device=kept.device)[None].expand(b, -1)
+        text = torch.arange(end, s, device=kept.device)[None].expand(b, -1)
+        rows = torch.cat([prefix, kept + self.image_start, text], dim=1)
         key_mask = torch.gather(self.key_mask, 1, rows)
         positions = (key_mask.cumsum(-1) - 1).clamp(min=0) if renumber else torch.gather(self.positions, 1, rows)
         image_ids = torch.gather(self.image_ids, 1, kept)
@@ -178,6 +179,14 @@ class PrefillResult:
     kept_ids: dict[int, Tensor]  # layer of each drop -> original indices of the image tokens kept there
 
 
+@dataclass
+class PrefillOutput:
+    logits: Tensor  # [B, V] at the last position
+    caches: list[LayerCache]
+    image_ids: list[Tensor]  # per layer, original indices of the image tokens it attended
+    kept_ids: dict[int, Tensor]  # layer of each drop -> original indices of the tokens kept there
+
+
 class Decoder(nn.Module):
     def __init__(self, args: TextArgs):
         super().__init__()
@@ -186,6 +195,37 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.num_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def prefill_prompt(
+        self,
+        prefix_ids: Tensor,
+        image_embeds: Tensor,
+        suffix_ids: Tensor,
+        prefix_mask: Tensor,
+        image_mask: Tensor,
+        suffix_mask: Tensor,
+        schedule: ScheduleSpec | None = None,
+        replay: dict[int, Tensor] | None = None,
+    ) -> PrefillOutput:
+        """prefix/suffix ids [B, P] / [B, T], image_embeds [B, N, D]; masks 1 = real token.
+
+        Positions count real tokens only, so padding anywhere leaves the answer unchanged.
+        replay: `kept_ids` of an earlier prefill, to keep the same image tokens again.
+        """
+        dtype = self.embed_tokens.weight.dtype
+        embeds = torch.cat([self.embed_tokens(prefix_ids), image_embeds.to(dtype), self.embed_tokens(suffix_ids)], 1)
+        key_mask = torch.cat([prefix_mask, image_mask, suffix_mask], dim=1).long()
+        positions = (key_mask.cumsum(-1) - 1).clamp(min=0)
+        n = image_embeds.shape[1]
+        image_ids = torch.arange(n, device=embeds.device)[None].expand(embeds.shape[0], n)
+        seq = Sequence(embeds, key_mask, positions, image_ids, prefix_ids.shape[1], n)
+        result = self.prefill(seq, schedule, replay)
+        return PrefillOutput(self.lm_head(result.hidden), result.caches, result.image_ids, result.kept_ids)
+
+    def decode_step(self, token_ids: Tensor, caches: list[LayerCache]) -> PrefillOutput:
+        """One step: token_ids [B, 1] after the caches of a prefill (or of earlier steps)."""
+        hidden, caches = self.decode(self.embed_tokens(token_ids), caches)
+        return PrefillOutput(self.lm_head(hidden), caches, [], {})
 
     def _rope_and_bias(self, positions: Tensor, key_mask: Tensor, key_positions: Tensor, dtype: torch.dtype):
         a = self.args

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from ..pruning.fopru import fopru_rank, fopru_row, fopru_significance
 from ..pruning.ops import gather_tokens, iqr_outliers
 from ..pruning.prumerge import adaptive_count, merge, plus_samples, prumerge_scores, select_outliers
-from ..recipe import ScheduleSpec, SelectorSpec
+from ..recipe import SelectorSpec
 from .args import LlavaArgs
-from .decoder import Decoder, LayerCache, Sequence
+from .decoder import Decoder, LayerCache, PrefillOutput
 from .vision import Projector, VisionTower
 
 
@@ -25,14 +25,6 @@ from .vision import Projector, VisionTower
 class ImageTokens:
     embeds: Tensor  # [B, k, D_text] visual tokens entering the LLM
     patch_index: Tensor  # [B, k] raster index of each token's patch (-1: PruMerge's merged token)
-
-
-@dataclass
-class PrefillOutput:
-    logits: Tensor  # [B, V] at the last position
-    caches: list[LayerCache]
-    image_ids: list[Tensor]  # per layer, original indices of the image tokens it attended
-    kept_ids: dict[int, Tensor]  # layer of each drop -> original indices of the tokens kept there
 
 
 class LlavaGraph(nn.Module):
@@ -102,39 +94,10 @@ class LlavaGraph(nn.Module):
         rows = torch.cat([tile_features.flatten(0, 1), self.image_newline[None].to(tile_features.dtype)])
         return rows.index_select(0, layout)
 
-    def embed(self, token_ids: Tensor) -> Tensor:
-        return self.decoder.embed_tokens(token_ids)
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        return self.decoder.lm_head(hidden)
-
-    def prefill(
-        self,
-        prefix_ids: Tensor,
-        image_embeds: Tensor,
-        suffix_ids: Tensor,
-        prefix_mask: Tensor,
-        image_mask: Tensor,
-        suffix_mask: Tensor,
-        schedule: ScheduleSpec | None = None,
-        replay: dict[int, Tensor] | None = None,
-    ) -> PrefillOutput:
-        """prefix/suffix ids [B, P] / [B, T], image_embeds [B, N, D]; masks 1 = real token.
-
-        Positions count real tokens only, so padding anywhere leaves the answer unchanged.
-        replay: `kept_ids` of an earlier prefill, to keep the same image tokens again.
-        """
-        dtype = self.decoder.embed_tokens.weight.dtype
-        embeds = torch.cat([self.embed(prefix_ids), image_embeds.to(dtype), self.embed(suffix_ids)], dim=1)
-        key_mask = torch.cat([prefix_mask, image_mask, suffix_mask], dim=1).long()
-        positions = (key_mask.cumsum(-1) - 1).clamp(min=0)
-        n = image_embeds.shape[1]
-        image_ids = torch.arange(n, device=embeds.device)[None].expand(embeds.shape[0], n)
-        seq = Sequence(embeds, key_mask, positions, image_ids, prefix_ids.shape[1], n)
-        result = self.decoder.prefill(seq, schedule, replay)
-        return PrefillOutput(self.logits(result.hidden), result.caches, result.image_ids, result.kept_ids)
+    def prefill(self, *args, **kwargs) -> PrefillOutput:
+        """See `Decoder.prefill_prompt`."""
+        return self.decoder.prefill_prompt(*args, **kwargs)
 
     def decode(self, token_ids: Tensor, caches: list[LayerCache]) -> PrefillOutput:
-        """One step: token_ids [B, 1] after the caches of a prefill (or of earlier steps)."""
-        hidden, caches = self.decoder.decode(self.embed(token_ids), caches)
-        return PrefillOutput(self.logits(hidden), caches, [], {})
+        """See `Decoder.decode_step`."""
+        return self.decoder.decode_step(token_ids, caches)

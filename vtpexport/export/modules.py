@@ -1,0 +1,78 @@
+"""The graphs we export, as thin modules over our one LlavaGraph with the recipe bound.
+
+Inputs and outputs are flat tensors in the order `spec.py` declares; nothing here
+computes anything the eager reference does not compute through the same methods.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..graph.decoder import LayerCache
+from ..graph.llava import LlavaGraph
+from ..recipe import Recipe
+from .spec import stage_of_layer
+
+
+class VisionGraph(nn.Module):
+    """LLaVA-1.5: pixels [B, C, H, W] -> (image_embeds [B, k, D], patch_index [B, k]).
+    LLaVA-NeXT: tiles [T, C, H, W] and packing_index [n] -> image_embeds [1, n, D]."""
+
+    def __init__(self, llava: LlavaGraph, recipe: Recipe | None):
+        super().__init__()
+        self.llava = llava
+        self.selector = recipe.selector if recipe else None
+
+    def forward(self, pixel_values: Tensor, packing_index: Tensor | None = None):
+        if packing_index is not None:
+            return self.llava.pack_tiles(self.llava.tile_features(pixel_values), packing_index)[None]
+        if self.selector is not None:
+            tokens = self.llava.select_image_tokens(pixel_values, self.selector)
+            return tokens.embeds, tokens.patch_index
+        embeds = self.llava.tile_features(pixel_values)
+        index = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
+        return embeds, index
+
+
+def _stage_outputs(caches: list[LayerCache], stages: list[int]) -> list[Tensor]:
+    first_layers = [stages.index(s) for s in range(stages[-1] + 1)]
+    out = []
+    for layer in first_layers:
+        out += [caches[layer].key_mask, caches[layer].key_positions]
+    return out
+
+
+class PrefillGraph(nn.Module):
+    def __init__(self, llava: LlavaGraph, recipe: Recipe | None):
+        super().__init__()
+        self.llava = llava
+        self.schedule = recipe.schedule if recipe else None
+        self.stages = stage_of_layer(self.schedule, llava.args.text.num_layers)
+
+    def forward(self, prefix_ids, prefix_mask, image_embeds, suffix_ids, suffix_mask):
+        image_mask = torch.ones(image_embeds.shape[:2], dtype=prefix_mask.dtype, device=prefix_mask.device)
+        out = self.llava.prefill(
+            prefix_ids, image_embeds, suffix_ids, prefix_mask, image_mask, suffix_mask, self.schedule
+        )
+        kv = [t for cache in out.caches for t in (cache.key, cache.value)]
+        return (out.logits.float(), *kv, *_stage_outputs(out.caches, self.stages))
+
+
+class DecodeGraph(nn.Module):
+    def __init__(self, llava: LlavaGraph, recipe: Recipe | None):
+        super().__init__()
+        self.llava = llava
+        schedule = recipe.schedule if recipe else None
+        self.stages = stage_of_layer(schedule, llava.args.text.num_layers)
+
+    def forward(self, input_ids: Tensor, *past: Tensor):
+        num_stages = self.stages[-1] + 1
+        masks, positions = past[0 : 2 * num_stages : 2], past[1 : 2 * num_stages : 2]
+        kv = past[2 * num_stages :]
+        caches = [
+            LayerCache(kv[2 * i], kv[2 * i + 1], masks[stage], positions[stage]) for i, stage in enumerate(self.stages)
+        ]
+        out = self.llava.decode(input_ids, caches)
+        kv_out = [t for cache in out.caches for t in (cache.key, cache.value)]
+        return (out.logits.float(), *kv_out, *_stage_outputs(out.caches, self.stages))

@@ -1,0 +1,152 @@
+"""Export our graphs to ONNX with the dynamo exporter, named and shaped as `spec.py` declares."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..graph.llava import LlavaGraph
+from ..models.anyres import num_tiles, packing_index
+from ..recipe import Recipe
+from .modules import DecodeGraph, PrefillGraph, VisionGraph
+from .spec import GraphSpec
+
+# ONNX Runtime 1.31 rejects the IR 14 that onnx 1.23 writes by default; TensorRT takes 10 too.
+IR_VERSION = 10
+EXTERNAL_DATA_BYTES = 1_800_000_000  # below protobuf's 2 GB limit with room for the graph
+# Export-time bounds of dynamic dimensions; the manifest's ranges are the promised ones.
+_DIM_MAX = 1 << 15
+
+
+def _dim(name: str) -> torch.export.Dim:
+    return torch.export.Dim(name, min=1, max=_DIM_MAX)
+
+
+def _dynamic_shapes(module: nn.Module, spec: GraphSpec) -> tuple:
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = []
+    for tensor in spec.inputs:
+        shapes.append({axis: dims.setdefault(d, _dim(d)) for axis, d in enumerate(tensor.dims) if isinstance(d, str)})
+    # torch.export wants the shapes nested like the signature: a *args parameter is one tuple.
+    parameters = list(inspect.signature(module.forward).parameters.values())
+    for index, parameter in enumerate(parameters):
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return (*shapes[:index], tuple(shapes[index:]))
+    return tuple(shapes)
+
+
+def example_inputs(llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, GraphSpec]) -> dict[str, tuple]:
+    """Inputs for tracing: every dynamic dimension >= 2 and different from the others, so the
+    exporter neither specialises a dimension to 1 nor merges two that merely look equal."""
+    args = llava.args
+    generator = torch.Generator().manual_seed(0)
+    dtype = llava.decoder.embed_tokens.weight.dtype
+    side = args.vision.image_size
+    if args.family == "llava-next":
+        size = (side * 2, side)  # a 2x1 tile grid: tiles and image tokens both vary
+        tiles = torch.randn(num_tiles(size, args), args.vision.num_channels, side, side, generator=generator)
+        vision = (tiles.to(dtype), torch.from_numpy(packing_index(size, args)))
+    else:
+        vision = (torch.randn(2, args.vision.num_channels, side, side, generator=generator).to(dtype),)
+    with torch.no_grad():
+        embeds = VisionGraph(llava, recipe)(*vision)
+    image_embeds = embeds[0] if isinstance(embeds, tuple) else embeds
+    image_embeds = image_embeds[:1].expand(2, -1, -1).contiguous()
+    vocab = args.text.vocab_size
+    prefix = torch.randint(0, vocab, (2, 5), generator=generator)
+    suffix = torch.randint(0, vocab, (2, 7), generator=generator)
+    prefix_mask = torch.ones_like(prefix)
+    prefix_mask[1, :2] = 0  # left padding in one row
+    prefill = (prefix, prefix_mask, image_embeds, suffix, torch.ones_like(suffix))
+    with torch.no_grad():
+        out = PrefillGraph(llava, recipe)(*prefill)
+    num_layers = args.text.num_layers
+    kv, stage_tensors = out[1 : 1 + 2 * num_layers], out[1 + 2 * num_layers :]
+    decode = (out[0].argmax(-1, keepdim=True), *stage_tensors, *kv)
+    return {"vision": vision, "prefill": prefill, "decode": decode}
+
+
+def _quiet_exporter():
+    """The dynamo exporter logs pages of warnings about optional packages; keep them out of our output."""
+    for name in ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx.experimental.symbolic_shapes"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+def export_graph(module: nn.Module, inputs: tuple, spec: GraphSpec, path: Path, opset: int) -> dict[str, str]:
+    """Export one graph; returns the exporter's expression for every output dimension we renamed."""
+    _quiet_exporter()
+    large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
+    try:
+        program = torch.onnx.export(
+            module.eval(),
+            inputs,
+            dynamic_shapes=_dynamic_shapes(module, spec),
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    except Exception as error:  # the exporter's own errors are long; keep the cause
+        raise RuntimeError(f"exporting {spec.name}.onnx failed: {str(error).splitlines()[0]}") from error
+    program.save(str(path), external_data=large)
+    return _fix_names(path, spec)
+
+
+def _fix_names(path: Path, spec: GraphSpec) -> dict[str, str]:
+    """Check the input dimension names; give output dimensions our names, keep the expressions."""
+    model = onnx.load(str(path), load_external_data=False)
+    if model.ir_version > IR_VERSION:
+        model.ir_version = IR_VERSION
+    expressions: dict[str, str] = {}
+    for value, tensor in zip(model.graph.input, spec.inputs, strict=True):
+        found = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        if value.name != tensor.name or found != list(tensor.dims):
+            raise RuntimeError(f"{spec.name}.onnx input {value.name} has dims {found}, expected {list(tensor.dims)}")
+    for value, tensor in zip(model.graph.output, spec.outputs, strict=True):
+        if value.name != tensor.name:
+            raise RuntimeError(f"{spec.name}.onnx output {value.name} should be {tensor.name}")
+        for dim, wanted in zip(value.type.tensor_type.shape.dim, tensor.dims, strict=True):
+            if isinstance(wanted, str):
+                expressions.setdefault(wanted, dim.dim_param or str(dim.dim_value))
+                dim.Clear()
+                dim.dim_param = wanted
+            elif dim.dim_value != wanted:
+                raise RuntimeError(f"{spec.name}.onnx output {value.name} has a dimension {dim}, expected {wanted}")
+    onnx.save(model, str(path))
+    return expressions
+
+
+def export_all(
+    llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, GraphSpec], folder: Path, opset: int, on_graph=None
+) -> dict[str, dict[str, str]]:
+    """Export vision, prefill and decode into `folder`; `on_graph(name)` reports progress."""
+    if recipe is not None and recipe.selector is not None and recipe.selector.adaptive:
+        raise UserError(
+            f"selector {recipe.selector.method} without a token budget is data-dependent and cannot be exported "
+            "yet; set tokens: K in the recipe"
+        )
+    inputs = example_inputs(llava, recipe, specs)
+    modules = {"vision": VisionGraph, "prefill": PrefillGraph, "decode": DecodeGraph}
+    expressions = {}
+    for name, spec in specs.items():
+        if on_graph:
+            on_graph(name)
+        expressions[name] = export_graph(
+            modules[name](llava, recipe), inputs[name], spec, folder / f"{name}.onnx", opset
+        )
+    return expressions
+
+
+def numpy_inputs(spec: GraphSpec, tensors: tuple) -> dict[str, np.ndarray]:
+    return {t.name: x.detach().cpu().numpy() for t, x in zip(spec.inputs, tensors, strict=True)}

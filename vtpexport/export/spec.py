@@ -1,0 +1,171 @@
+"""What each exported graph takes and returns, declared once per family.
+
+The exporter, the manifest, the runtime and (later) the TensorRT profiles all read these
+declarations; names are never spelled out anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..graph.args import LlavaArgs
+from ..models.anyres import num_image_tokens
+from ..recipe import Recipe, ScheduleSpec
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    dims: tuple[str | int, ...]  # a str is a dynamic dimension name
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str  # file stem: vision, prefill, decode
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportLimits:
+    """Largest shapes the export promises to run (they become TensorRT profile maxima)."""
+
+    max_batch: int = 4
+    max_prompt_len: int = 256  # prefix and suffix each
+    max_new_tokens: int = 128
+    opt_batch: int = 1
+    opt_prompt_len: int = 32
+
+
+def stage_of_layer(schedule: ScheduleSpec | None, num_layers: int) -> list[int]:
+    """The KV-cache stage of every layer (0 for everything without a schedule)."""
+    starts = schedule.stage_starts(num_layers) if schedule else [0]
+    return [sum(1 for start in starts if start <= layer) - 1 for layer in range(num_layers)]
+
+
+def vision_spec(args: LlavaArgs, dtype: str) -> GraphSpec:
+    v, d = args.vision, args.text.hidden_size
+    if args.family == "llava-next":
+        inputs = (
+            TensorSpec("pixel_values", dtype, ("tiles", v.num_channels, v.image_size, v.image_size)),
+            TensorSpec("packing_index", "int64", ("image_tokens",)),
+        )
+        return GraphSpec("vision", inputs, (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
+    inputs = (TensorSpec("pixel_values", dtype, ("batch", v.num_channels, v.image_size, v.image_size)),)
+    outputs = (
+        TensorSpec("image_embeds", dtype, ("batch", "image_tokens", d)),
+        TensorSpec("patch_index", "int64", ("batch", "image_tokens")),
+    )
+    return GraphSpec("vision", inputs, outputs)
+
+
+def _kv(prefix: str, layers: range, stages: list[int], length: str, args: LlavaArgs, dtype: str):
+    t = args.text
+    return tuple(
+        TensorSpec(f"{prefix}.{i}.{kind}", dtype, ("batch", t.num_kv_heads, f"{length}_{stages[i]}", t.head_dim))
+        for i in layers
+        for kind in ("key", "value")
+    )
+
+
+def _stage_tensors(prefix: str, count: int, length: str):
+    return tuple(
+        TensorSpec(f"{prefix}_{kind}.{s}", "int64", ("batch", f"{length}_{s}"))
+        for s in range(count)
+        for kind in ("mask", "positions")
+    )
+
+
+def prefill_spec(args: LlavaArgs, recipe: Recipe | None, dtype: str) -> GraphSpec:
+    schedule = recipe.schedule if recipe else None
+    stages = stage_of_layer(schedule, args.text.num_layers)
+    inputs = (
+        TensorSpec("prefix_ids", "int64", ("batch", "prefix_len")),
+        TensorSpec("prefix_mask", "int64", ("batch", "prefix_len")),
+        TensorSpec("image_embeds", dtype, ("batch", "image_tokens", args.text.hidden_size)),
+        TensorSpec("suffix_ids", "int64", ("batch", "suffix_len")),
+        TensorSpec("suffix_mask", "int64", ("batch", "suffix_len")),
+    )
+    outputs = (
+        TensorSpec("logits", "float32", ("batch", args.text.vocab_size)),
+        *_kv("present", range(args.text.num_layers), stages, "kv_len", args, dtype),
+        *_stage_tensors("present", stages[-1] + 1, "kv_len"),
+    )
+    return GraphSpec("prefill", inputs, outputs)
+
+
+def decode_spec(args: LlavaArgs, recipe: Recipe | None, dtype: str) -> GraphSpec:
+    schedule = recipe.schedule if recipe else None
+    stages = stage_of_layer(schedule, args.text.num_layers)
+    layers = range(args.text.num_layers)
+    inputs = (
+        TensorSpec("input_ids", "int64", ("batch", 1)),
+        *_stage_tensors("past", stages[-1] + 1, "past_len"),
+        *_kv("past_key_values", layers, stages, "past_len", args, dtype),
+    )
+    outputs = (
+        TensorSpec("logits", "float32", ("batch", args.text.vocab_size)),
+        *_kv("present", layers, stages, "present_len", args, dtype),
+        *_stage_tensors("present", stages[-1] + 1, "present_len"),
+    )
+    return GraphSpec("decode", inputs, outputs)
+
+
+def graph_specs(args: LlavaArgs, recipe: Recipe | None, dtype: str = "float32") -> dict[str, GraphSpec]:
+    specs = (vision_spec(args, dtype), prefill_spec(args, recipe, dtype), decode_spec(args, recipe, dtype))
+    return {spec.name: spec for spec in specs}
+
+
+def image_token_range(args: LlavaArgs, recipe: Recipe | None) -> tuple[int, int, int]:
+    """(min, opt, max) visual tokens entering the LLM."""
+    if recipe is not None and recipe.selector is not None:
+        planned = recipe.visual_tokens(args, args.vision.num_patches)
+        if planned is not None:
+            return planned, planned, planned
+        return 1, args.vision.num_patches // 8, args.vision.num_patches + 1
+    if args.family != "llava-next":
+        return (args.tokens_per_tile,) * 3
+    side = args.vision.image_size
+    # Aspect ratios from 1:10 to 10:1 cover every tile grid and unpadding the pinpoints allow.
+    counts = [num_image_tokens((side * 10, side * w // 10 or 1), args) for w in range(10, 101)]
+    counts += [num_image_tokens((side * h // 10 or 1, side * 10), args) for h in range(10, 101)]
+    square = num_image_tokens((side * 2, side * 2), args)
+    return min(counts), square, max(counts)
+
+
+def max_tiles(args: LlavaArgs) -> int:
+    if args.family != "llava-next":
+        return 1
+    tile = args.vision.image_size
+    return max((h // tile) * (w // tile) for h, w in args.image_grid_pinpoints) + 1
+
+
+def dim_ranges(args: LlavaArgs, recipe: Recipe | None, limits: ExportLimits) -> dict[str, tuple[int, int, int]]:
+    """(min, opt, max) of every dynamic input dimension: the TensorRT optimization profiles."""
+    n_min, n_opt, n_max = image_token_range(args, recipe)
+    prompt = (1, limits.opt_prompt_len, limits.max_prompt_len)
+    ranges = {
+        "batch": (1, limits.opt_batch, limits.max_batch),
+        "prefix_len": prompt,
+        "suffix_len": prompt,
+        "image_tokens": (n_min, n_opt, n_max),
+        "tiles": (1, max_tiles(args), max_tiles(args)),
+    }
+    schedule = recipe.schedule if recipe else None
+    layers = args.text.num_layers
+    starts = schedule.stage_starts(layers) if schedule else [0]
+    for stage, first_layer in enumerate(starts):
+        low, opt, high = (
+            schedule.tokens_per_layer(n, layers)[first_layer][0] if schedule else n for n in (n_min, n_opt, n_max)
+        )
+        low += 2
+        opt += 2 * limits.opt_prompt_len + limits.max_new_tokens // 2
+        high += 2 * limits.max_prompt_len + limits.max_new_tokens - 1
+        ranges[f"past_len_{stage}"] = (low, min(opt, high), high)
+    if args.family != "llava-next":
+        del ranges["tiles"]
+    return ranges
