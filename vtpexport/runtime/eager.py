@@ -1,32 +1,16 @@
-"""Reference inference with our eager PyTorch graph: preprocess, prefill, greedy decode."""
+"""Reference inference with our eager PyTorch graph: the baseline every export is checked against."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from ..errors import UserError
-from ..models.anyres import num_tiles, packing_index
+from ..models.anyres import packing_index
 from ..models.loader import LoadedModel
-from ..models.prompt import PromptParts, check_context, format_prompt, left_pad, split_prompt
 from ..recipe import Recipe
-
-
-@dataclass
-class PreparedBatch:
-    """A batch in the form the prefill graph takes; masks mark real tokens (1)."""
-
-    prefix_ids: Tensor  # [B, P]
-    prefix_mask: Tensor
-    image_embeds: Tensor  # [B, N, D]
-    image_mask: Tensor  # [B, N]
-    suffix_ids: Tensor  # [B, T]
-    suffix_mask: Tensor
-    parts: list[PromptParts]
-    num_image_tokens: list[int]
+from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles
 
 
 def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
@@ -40,20 +24,10 @@ def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
         )
 
 
-def image_tiles(model: LoadedModel, image: Image.Image) -> tuple[Tensor, tuple[int, int]]:
-    """Pixel tiles [T, C, H, W] the vision tower takes, and the original (height, width)."""
-    out = model.image_processor(images=[image], return_tensors="pt")
-    size = (image.height, image.width)
-    pixels = out["pixel_values"][0]
-    if pixels.dim() == 3:  # one tile, no anyres
-        pixels = pixels[None]
-    return pixels[: num_tiles(size, model.args)], size
-
-
 @torch.no_grad()
 def image_embeddings(model: LoadedModel, image: Image.Image, recipe: Recipe | None = None) -> Tensor:
     """The image's visual tokens [n, D] in prompt order, after the recipe's selector if any."""
-    tiles, size = image_tiles(model, image)
+    tiles, size = image_tiles(model.image_processor, model.args, image)
     if recipe is not None and recipe.selector is not None:
         return model.graph.select_image_tokens(tiles, recipe.selector).embeds[0]
     features = model.graph.tile_features(tiles)
@@ -70,25 +44,14 @@ def prepare(
     recipe: Recipe | None = None,
 ) -> PreparedBatch:
     check_recipe_applies(model, recipe)
-    parts, embeds = [], []
-    for image, prompt in zip(images, prompts, strict=True):
-        text = format_prompt(model.tokenizer, prompt, model.chat_template)
-        part = split_prompt(model.tokenizer, text, model.args.image_token_id)
-        embed = image_embeddings(model, image, recipe)
-        check_context(part, embed.shape[0], max_new_tokens, model.args.text.max_position_embeddings)
-        parts.append(part)
-        embeds.append(embed)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    prefix_ids, prefix_mask = left_pad([p.prefix_ids for p in parts], pad)
-    suffix_ids, suffix_mask = left_pad([p.suffix_ids for p in parts], pad)
-    width = max(e.shape[0] for e in embeds)
-    image_embeds = embeds[0].new_zeros(len(embeds), width, embeds[0].shape[1])
-    image_mask = torch.zeros(len(embeds), width, dtype=torch.long)
-    for i, embed in enumerate(embeds):
-        image_embeds[i, width - embed.shape[0] :] = embed
-        image_mask[i, width - embed.shape[0] :] = 1
-    return PreparedBatch(
-        prefix_ids, prefix_mask, image_embeds, image_mask, suffix_ids, suffix_mask, parts, [e.shape[0] for e in embeds]
+    return build_batch(
+        model.tokenizer,
+        model.chat_template,
+        model.args,
+        images,
+        prompts,
+        max_new_tokens,
+        lambda image: image_embeddings(model, image, recipe),
     )
 
 
@@ -100,15 +63,9 @@ def greedy_generate(
     stop_token_ids: tuple[int, ...] | None = None,
     recipe: Recipe | None = None,
 ) -> list[list[int]]:
-    """Greedy decoding with the KV cache; a row ends at its first stop token (kept).
-
-    The recipe's schedule prunes the prefill; its selector was applied in `prepare`.
-    """
-    if stop_token_ids is None:
-        stop_token_ids = tuple(t for t in [model.tokenizer.eos_token_id] if t is not None)
-    stops = torch.tensor(stop_token_ids, dtype=torch.long)
+    """Greedy decoding with the KV cache. The recipe's schedule prunes the prefill; its
+    selector was applied in `prepare`."""
     graph = model.graph
-    schedule = recipe.schedule if recipe else None
     out = graph.prefill(
         batch.prefix_ids,
         batch.image_embeds,
@@ -116,16 +73,14 @@ def greedy_generate(
         batch.prefix_mask,
         batch.image_mask,
         batch.suffix_mask,
-        schedule,
+        recipe.schedule if recipe else None,
     )
-    rows: list[list[int]] = [[] for _ in range(batch.prefix_ids.shape[0])]
-    finished = torch.zeros(len(rows), dtype=torch.bool)
-    for step in range(max_new_tokens):
-        token = out.logits.argmax(-1)
-        for i in (~finished).nonzero().flatten().tolist():
-            rows[i].append(int(token[i]))
-        finished |= torch.isin(token, stops)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        out = graph.decode(token[:, None], out.caches)
-    return rows
+    state = {"caches": out.caches}
+
+    def step(token: Tensor) -> Tensor:
+        result = graph.decode(token[:, None], state["caches"])
+        state["caches"] = result.caches
+        return result.logits
+
+    stops = default_stops(model.tokenizer) if stop_token_ids is None else stop_token_ids
+    return greedy_loop(out.logits, step, max_new_tokens, stops)

@@ -1,0 +1,92 @@
+"""What every runner shares: image preprocessing, prompt batching, and the greedy loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..graph.args import LlavaArgs
+from ..models.anyres import num_tiles
+from ..models.prompt import PromptParts, check_context, format_prompt, left_pad, split_prompt
+
+
+@dataclass
+class PreparedBatch:
+    """A batch in the form the prefill graph takes; masks mark real tokens (1)."""
+
+    prefix_ids: Tensor  # [B, P]
+    prefix_mask: Tensor
+    image_embeds: Tensor  # [B, N, D]
+    image_mask: Tensor  # [B, N]
+    suffix_ids: Tensor  # [B, T]
+    suffix_mask: Tensor
+    parts: list[PromptParts]
+    num_image_tokens: list[int]
+
+
+def image_tiles(image_processor, args: LlavaArgs, image: Image.Image) -> tuple[Tensor, tuple[int, int]]:
+    """Pixel tiles [T, C, H, W] the vision tower takes, and the original (height, width)."""
+    out = image_processor(images=[image], return_tensors="pt")
+    size = (image.height, image.width)
+    pixels = out["pixel_values"][0]
+    if pixels.dim() == 3:  # one tile, no anyres
+        pixels = pixels[None]
+    return pixels[: num_tiles(size, args)], size
+
+
+def build_batch(
+    tokenizer,
+    chat_template: str,
+    args: LlavaArgs,
+    images: list[Image.Image],
+    prompts: list[str],
+    max_new_tokens: int,
+    embed_image: Callable[[Image.Image], Tensor],
+) -> PreparedBatch:
+    """Prompts and images -> a left-padded batch; `embed_image` gives an image's tokens [n, D]."""
+    parts, embeds = [], []
+    for image, prompt in zip(images, prompts, strict=True):
+        text = format_prompt(tokenizer, prompt, chat_template)
+        part = split_prompt(tokenizer, text, args.image_token_id)
+        embed = embed_image(image)
+        check_context(part, embed.shape[0], max_new_tokens, args.text.max_position_embeddings)
+        parts.append(part)
+        embeds.append(embed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prefix_ids, prefix_mask = left_pad([p.prefix_ids for p in parts], pad)
+    suffix_ids, suffix_mask = left_pad([p.suffix_ids for p in parts], pad)
+    width = max(e.shape[0] for e in embeds)
+    image_embeds = embeds[0].new_zeros(len(embeds), width, embeds[0].shape[1])
+    image_mask = torch.zeros(len(embeds), width, dtype=torch.long)
+    for i, embed in enumerate(embeds):
+        image_embeds[i, width - embed.shape[0] :] = embed
+        image_mask[i, width - embed.shape[0] :] = 1
+    counts = [e.shape[0] for e in embeds]
+    return PreparedBatch(prefix_ids, prefix_mask, image_embeds, image_mask, suffix_ids, suffix_mask, parts, counts)
+
+
+def greedy_loop(
+    first_logits: Tensor, step: Callable[[Tensor], Tensor], max_new_tokens: int, stop_token_ids: tuple[int, ...]
+) -> list[list[int]]:
+    """Greedy decoding: `step(tokens [B])` returns the next logits; a row ends at its first stop token (kept)."""
+    stops = torch.tensor(stop_token_ids, dtype=torch.long)
+    logits = first_logits
+    rows: list[list[int]] = [[] for _ in range(logits.shape[0])]
+    finished = torch.zeros(len(rows), dtype=torch.bool)
+    for index in range(max_new_tokens):
+        token = logits.argmax(-1)
+        for i in (~finished).nonzero().flatten().tolist():
+            rows[i].append(int(token[i]))
+        finished |= torch.isin(token, stops)
+        if bool(finished.all()) or index == max_new_tokens - 1:
+            break
+        logits = step(token)
+    return rows
+
+
+def default_stops(tokenizer) -> tuple[int, ...]:
+    return tuple(t for t in [tokenizer.eos_token_id] if t is not None)
