@@ -7,6 +7,7 @@ import click
 from .errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16")
+BACKENDS = ("ort", "ort-cuda", "ort-trt")
 
 
 class _Cli(click.Group):
@@ -47,27 +48,162 @@ def models() -> None:
 
 
 @main.command()
-@click.option("--model", "model_spec", required=True, help="Alias, built-in model or local Hugging Face folder.")
+@click.argument("export_dir", required=False)
+@click.option("--model", "model_spec", help="Alias, built-in model or local Hugging Face folder (eager run).")
 @click.option("--weights", type=str, default=None, help="Folder with the alias's weights (Hugging Face layout).")
+@click.option("--recipe", "recipe_path", default=None, help="Recipe YAML: run pruned (eager run).")
 @click.option("--image", "image_path", required=True, help="Image file.")
 @click.option("--prompt", required=True, help="Question about the image.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
-def run(model_spec: str, weights: str | None, image_path: str, prompt: str, max_new_tokens: int, dtype: str) -> None:
-    """Answer a question about an image with greedy decoding (eager reference graph)."""
-    import torch
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="Eager run only.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True, help="Export run only.")
+def run(
+    export_dir: str | None,
+    model_spec: str | None,
+    weights: str | None,
+    recipe_path: str | None,
+    image_path: str,
+    prompt: str,
+    max_new_tokens: int,
+    dtype: str,
+    backend: str,
+) -> None:
+    """Answer a question about an image with greedy decoding.
 
+    With EXPORT_DIR the exported graphs run (ONNX Runtime); with --model our eager graph runs.
+    """
     from .models.images import load_image
-    from .models.loader import load_model
-    from .runtime.eager import greedy_generate, prepare
 
+    if (export_dir is None) == (model_spec is None):
+        raise UserError("give either an export folder or --model (not both)")
+    if export_dir is not None and (recipe_path or weights):
+        raise UserError("--recipe and --weights apply to --model runs; an export folder has its recipe baked in")
     image = load_image(image_path)
     if not prompt.strip():
         raise UserError("empty prompt: pass a question with --prompt")
-    model = load_model(model_spec, weights, getattr(torch, dtype))
-    batch = prepare(model, [image], [prompt], max_new_tokens)
-    tokens = greedy_generate(model, batch, max_new_tokens)[0]
-    click.echo(model.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+    if export_dir is not None:
+        from .runtime.ort import OrtRunner
+
+        runner = OrtRunner(export_dir, backend)
+        tokens = runner.generate(runner.prepare([image], [prompt], max_new_tokens), max_new_tokens)[0]
+        tokenizer = runner.tokenizer
+    else:
+        import torch
+
+        from .models.loader import load_model
+        from .recipe import Recipe
+        from .runtime.eager import greedy_generate, prepare
+
+        recipe = Recipe.load(recipe_path) if recipe_path else None
+        model = load_model(model_spec, weights, getattr(torch, dtype))
+        batch = prepare(model, [image], [prompt], max_new_tokens, recipe)
+        tokens = greedy_generate(model, batch, max_new_tokens, recipe=recipe)[0]
+        tokenizer = model.tokenizer
+    click.echo(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+
+
+@main.command()
+@click.option("--recipe", "recipe_path", default=None, help="Recipe YAML to bake in.")
+@click.option("--model", "model_spec", default=None, help="Model (default: the recipe's model).")
+@click.option("--weights", default=None, help="Folder with the alias's weights.")
+@click.option("--no-prune", is_flag=True, help="Export the unpruned baseline (ignores --recipe).")
+@click.option("--engine", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", default=None, help="Output folder (default: exported/<recipe name>).")
+@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--max-batch", type=click.IntRange(1, 1024), default=4, show_default=True)
+@click.option("--max-prompt-len", type=click.IntRange(1, 1 << 15), default=256, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 15), default=128, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def build(
+    recipe_path,
+    model_spec,
+    weights,
+    no_prune,
+    engine,
+    out,
+    precision,
+    opset,
+    max_batch,
+    max_prompt_len,
+    max_new_tokens,
+    force,
+) -> None:
+    """Export vision / prefill / decode ONNX graphs with the recipe baked in, plus a manifest."""
+    import time
+
+    from .export.build import build_onnx
+    from .export.spec import ExportLimits
+
+    if no_prune:
+        if recipe_path and model_spec is None:
+            from .recipe import Recipe
+
+            model_spec = Recipe.load(recipe_path).model.name
+        recipe_path = None
+    start = time.monotonic()
+
+    def report(message: str) -> None:
+        click.echo(f"[{time.monotonic() - start:6.1f}s] {message}", err=True)
+
+    limits = ExportLimits(max_batch=max_batch, max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens)
+    folder = build_onnx(model_spec, recipe_path, out, weights, limits, opset, force, report)
+    click.echo(f"wrote {folder}")
+
+
+@main.command()
+@click.argument("export_dir")
+@click.option(
+    "--model", "model_spec", default=None, help="Reference model (default: the one the export was built from)."
+)
+@click.option("--weights", default=None)
+@click.option("--data", default=None, help='JSONL of {"image": ..., "question": ...} (default: built-in samples).')
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=20, show_default=True)
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max abs error allowed per graph.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True)
+def verify(export_dir, model_spec, weights, data, max_new_tokens, tolerance, backend) -> None:
+    """Check an export against the eager reference: per-graph error, top-1 agreement, generations."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .verify import verify_export
+
+    report = verify_export(export_dir, model_spec, weights, data, max_new_tokens, tolerance, backend)
+    if report.changed_files:
+        click.echo(f"error: {export_dir} does not match its manifest: {', '.join(report.changed_files)}", err=True)
+        raise SystemExit(1)
+    table = Table("graph", "max abs error", "top-1 agreement", "compared", title=f"{report.samples} samples")
+    for check in report.graphs.values():
+        agreement = "-" if check.top1_agreement is None else f"{check.top1_agreement:.1%}"
+        table.add_row(check.graph, f"{check.max_abs_error:.2e}", agreement, str(check.compared))
+    Console().print(table)
+    click.echo(f"greedy generations identical: {'yes' if report.generations_identical else 'NO'}")
+    click.echo(f"verify {'passed' if report.passed else 'FAILED'} (tolerance {tolerance:g})")
+    if not report.passed:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("export_dir")
+def lint(export_dir: str) -> None:
+    """Static TensorRT-compatibility check of an export's graphs."""
+    from pathlib import Path
+
+    from .export.lint import format_issues, lint_model
+    from .export.manifest import read_manifest
+
+    manifest = read_manifest(export_dir)
+    ranges = {name: (r["min"], r["opt"], r["max"]) for name, r in manifest["dims"].items()}
+    issues = []
+    for graph in manifest["graphs"].values():
+        path = Path(export_dir) / graph["file"]
+        if not path.is_file():
+            raise UserError(f"{path} is missing")
+        issues += lint_model(path, graph_name=graph["file"], dim_ranges=ranges)
+    if issues:
+        click.echo(format_issues(issues).rstrip())
+        raise SystemExit(1)
+    click.echo(f"{len(manifest['graphs'])} graphs pass the TensorRT lint")
 
 
 @main.command()

@@ -113,9 +113,13 @@ class ScheduleSpec:
         if self.method == "fastv" and (self.layer < 1 or (num_layers is not None and self.layer >= num_layers)):
             raise UserError(f"fastv layer must be in [1, {num_layers}), got {self.layer}")
 
-    def fitprune_drop(self, layer: int, n: int) -> int:
-        """FitPrune: tokens dropped at `layer` for an image that entered the LLM with n tokens."""
-        return n * self.drop[layer] // self.visual_tokens
+    def fitprune_kept(self, layer: int, n: int) -> int:
+        """FitPrune: tokens left after `layer`'s drop, for an image that entered the LLM with n.
+
+        One floor of the cumulative drop per layer (not a sum of per-layer floors), so that the
+        count is a single simple expression of n inside an exported graph.
+        """
+        return n - n * sum(self.drop[: layer + 1]) // self.visual_tokens
 
     def stage_keep(self, stage: int, n: int) -> int:
         """PyramidDrop: tokens kept in stage `stage` (>= 1) of an image with n tokens."""
@@ -140,7 +144,7 @@ class ScheduleSpec:
         current = n
         for layer in range(num_layers):
             if self.method == "fitprune":
-                after = current - self.fitprune_drop(layer, n)
+                after = self.fitprune_kept(layer, n)
                 plan.append((current, after))
                 current = after
             elif self.method == "pyramiddrop":

@@ -59,7 +59,10 @@ def example_inputs(llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, Gr
     with torch.no_grad():
         embeds = VisionGraph(llava, recipe)(*vision)
     image_embeds = embeds[0] if isinstance(embeds, tuple) else embeds
-    image_embeds = image_embeds[:1].expand(2, -1, -1).contiguous()
+    # A token count with no small divisor: tracing at a multiple of 3 (say) lets the exporter
+    # rewrite kept counts like n - n//3 over a private symbol that no dimension range bounds.
+    count = next(n for n in range(image_embeds.shape[1] + 1, 1 << 16) if all(n % k for k in range(2, 13)))
+    image_embeds = image_embeds[:1, torch.arange(count) % image_embeds.shape[1]].expand(2, -1, -1).contiguous()
     vocab = args.text.vocab_size
     prefix = torch.randint(0, vocab, (2, 5), generator=generator)
     suffix = torch.randint(0, vocab, (2, 7), generator=generator)

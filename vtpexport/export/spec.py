@@ -169,3 +169,10 @@ def dim_ranges(args: LlavaArgs, recipe: Recipe | None, limits: ExportLimits) -> 
     if args.family != "llava-next":
         del ranges["tiles"]
     return ranges
+
+
+def decode_input_name(output_name: str) -> str:
+    """The decode input fed by a prefill or decode output of this name (present -> past)."""
+    if output_name.startswith("present."):
+        return "past_key_values." + output_name[len("present.") :]
+    return output_name.replace("present_", "past_", 1)

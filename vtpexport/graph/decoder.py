@@ -262,14 +262,14 @@ class Decoder(nn.Module):
                 seq, _ = drop(seq, index, keep, self._pyramiddrop_scores(layer, seq) if scoring else None)
             cos, sin, bias = self._rope_and_bias(seq.positions, seq.key_mask, seq.positions, seq.x.dtype)
             q, k, v = layer.self_attn.project(layer.input_layernorm(seq.x), cos, sin)
-            drop_count = schedule.fitprune_drop(index, n0) if method == "fitprune" else 0
-            attn, probs = layer.self_attn.attend(q, k, v, bias, return_probs=drop_count > 0 and scoring)
+            drops_here = method == "fitprune" and schedule.drop[index] > 0
+            attn, probs = layer.self_attn.attend(q, k, v, bias, return_probs=drops_here and scoring)
             caches.append(LayerCache(k, v, seq.key_mask, seq.positions))
             image_ids.append(seq.image_ids)
-            if drop_count > 0:
+            if drops_here:
                 # FitPrune drops after attention, before o_proj: the cache above kept every token.
                 scores = fitprune_scores(probs, seq.image_start, seq.image_len, seq.key_mask) if scoring else None
-                seq, rows = drop(seq, index, seq.image_len - drop_count, scores)
+                seq, rows = drop(seq, index, schedule.fitprune_kept(index, n0), scores)
                 attn = gather_tokens(attn, rows)
             seq.x = layer.finish(seq.x, attn)
             if method == "fastv" and index == schedule.layer - 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .ops import masked_scores
+from .ops import image_part, masked_scores, text_part
 
 
 def fitprune_scores(probs: Tensor, image_start: int, image_len: int, key_mask: Tensor) -> Tensor:
@@ -18,15 +18,14 @@ def fitprune_scores(probs: Tensor, image_start: int, image_len: int, key_mask: T
     probs [B, H, S, S] (fp32) of the layer; the sequence is [prefix | image (n) | text];
     key_mask [B, S] marks real tokens. Text rows are the tokens after the image.
     """
-    image_end = image_start + image_len
     reduced = probs.amax(dim=1)  # [B, S, S]
-    to_image = reduced[:, :, image_start:image_end]  # [B, S, n]
-    text_valid = key_mask[:, image_end:].to(probs.dtype)
-    image_valid = key_mask[:, image_start:image_end].to(probs.dtype)
-    text_mass = (to_image[:, image_end:] * text_valid[..., None]).sum(dim=1)
-    visual_rows = (to_image[:, image_start:image_end] * image_valid[..., None]).sum(dim=1)
+    to_image = image_part(reduced, 2, image_start, image_len)  # [B, S, n]
+    image_valid = image_part(key_mask, 1, image_start, image_len).to(probs.dtype)
+    text_valid = text_part(key_mask, 1, image_start, image_len).to(probs.dtype)
+    text_mass = (text_part(to_image, 1, image_start, image_len) * text_valid[..., None]).sum(dim=1)
+    visual_rows = (image_part(to_image, 1, image_start, image_len) * image_valid[..., None]).sum(dim=1)
     visual_mean = visual_rows / image_valid.sum(dim=1, keepdim=True).clamp(min=1)
-    return masked_scores(text_mass * visual_mean, key_mask[:, image_start:image_end])
+    return masked_scores(text_mass * visual_mean, image_valid)
 
 
 def materialised_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:

@@ -39,3 +39,15 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     """x [B, N, ...] rows at index [B, k] -> [B, k, ...]."""
     expanded = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
     return torch.gather(x, 1, expanded)
+
+
+def image_part(x: Tensor, dim: int, image_start: int, image_len: int) -> Tensor:
+    """The image segment of a [prefix | image | text] axis. `narrow` states the length exactly,
+    which keeps exported shapes symbolic expressions instead of data-dependent sizes."""
+    return x.narrow(dim, image_start, image_len)
+
+
+def text_part(x: Tensor, dim: int, image_start: int, image_len: int) -> Tensor:
+    """The text segment after the image on the same axis."""
+    end = image_start + image_len
+    return x.narrow(dim, end, x.shape[dim] - end)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .ops import masked_scores
+from .ops import image_part, masked_scores
 
 
 def pyramiddrop_scores(
@@ -19,5 +19,5 @@ def pyramiddrop_scores(
     """
     logits = (q_last @ k.transpose(-1, -2)).float() * q_last.shape[-1] ** -0.5 + bias_last.float()
     probs = torch.softmax(logits, dim=-1).mean(dim=1)[:, 0]  # [B, S]
-    image = probs[:, image_start : image_start + image_len]
-    return masked_scores(image, key_mask[:, image_start : image_start + image_len])
+    image = image_part(probs, 1, image_start, image_len)
+    return masked_scores(image, image_part(key_mask, 1, image_start, image_len))

@@ -90,3 +90,43 @@ def greedy_loop(
 
 def default_stops(tokenizer) -> tuple[int, ...]:
     return tuple(t for t in [tokenizer.eos_token_id] if t is not None)
+
+
+def subset_rows(batch: PreparedBatch, rows: list[int]) -> PreparedBatch:
+    """Rows of a batch, with padding columns no remaining row uses removed."""
+    index = torch.tensor(rows)
+
+    def trim(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        ids, mask = ids[index], mask[index]
+        keep = int(mask.sum(dim=1).max())
+        return ids[:, ids.shape[1] - keep :], mask[:, mask.shape[1] - keep :]
+
+    prefix_ids, prefix_mask = trim(batch.prefix_ids, batch.prefix_mask)
+    suffix_ids, suffix_mask = trim(batch.suffix_ids, batch.suffix_mask)
+    image_embeds, image_mask = trim(batch.image_embeds, batch.image_mask)
+    return PreparedBatch(
+        prefix_ids,
+        prefix_mask,
+        image_embeds,
+        image_mask,
+        suffix_ids,
+        suffix_mask,
+        [batch.parts[i] for i in rows],
+        [batch.num_image_tokens[i] for i in rows],
+    )
+
+
+def image_token_groups(batch: PreparedBatch) -> list[list[int]]:
+    """Rows grouped by image token count: pruning keeps counts derived from N, so rows with
+    different N cannot share one pruned prefill without changing each other's answers."""
+    counts = batch.num_image_tokens
+    return [[i for i, n in enumerate(counts) if n == count] for count in sorted(set(counts))]
+
+
+def per_image_token_count(batch: PreparedBatch, generate: Callable[[PreparedBatch], list[list[int]]]):
+    """Run `generate` on each image-token-count group and put the rows back in order."""
+    rows: list[list[int]] = [[] for _ in batch.parts]
+    for members in image_token_groups(batch):
+        for i, tokens in zip(members, generate(subset_rows(batch, members)), strict=True):
+            rows[i] = tokens
+    return rows

@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..models.anyres import packing_index
 from ..models.loader import LoadedModel
 from ..recipe import Recipe
-from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles
+from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles, per_image_token_count
 
 
 def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
@@ -64,23 +64,28 @@ def greedy_generate(
     recipe: Recipe | None = None,
 ) -> list[list[int]]:
     """Greedy decoding with the KV cache. The recipe's schedule prunes the prefill; its
-    selector was applied in `prepare`."""
+    selector was applied in `prepare`. Rows run in groups of equal image token count."""
     graph = model.graph
-    out = graph.prefill(
-        batch.prefix_ids,
-        batch.image_embeds,
-        batch.suffix_ids,
-        batch.prefix_mask,
-        batch.image_mask,
-        batch.suffix_mask,
-        recipe.schedule if recipe else None,
-    )
-    state = {"caches": out.caches}
-
-    def step(token: Tensor) -> Tensor:
-        result = graph.decode(token[:, None], state["caches"])
-        state["caches"] = result.caches
-        return result.logits
-
+    schedule = recipe.schedule if recipe else None
     stops = default_stops(model.tokenizer) if stop_token_ids is None else stop_token_ids
-    return greedy_loop(out.logits, step, max_new_tokens, stops)
+
+    def generate_group(group: PreparedBatch) -> list[list[int]]:
+        out = graph.prefill(
+            group.prefix_ids,
+            group.image_embeds,
+            group.suffix_ids,
+            group.prefix_mask,
+            group.image_mask,
+            group.suffix_mask,
+            schedule,
+        )
+        state = {"caches": out.caches}
+
+        def step(token: Tensor) -> Tensor:
+            result = graph.decode(token[:, None], state["caches"])
+            state["caches"] = result.caches
+            return result.logits
+
+        return greedy_loop(out.logits, step, max_new_tokens, stops)
+
+    return per_image_token_count(batch, generate_group)

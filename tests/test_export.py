@@ -1,0 +1,199 @@
+"""ONNX export: unpruned parity with transformers, pruned parity with our eager graph, and the
+build / verify / lint commands' behaviour on bad input. Exports are slow-ish (seconds each), so
+each one is built once per module."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import random_image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from vtpexport.cli import main
+from vtpexport.export.build import build_onnx
+from vtpexport.models.loader import load_model
+from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
+from vtpexport.runtime.eager import greedy_generate, prepare
+from vtpexport.runtime.ort import OrtRunner
+from vtpexport.verify import verify_export
+
+QUESTION = "What is in the picture?"
+
+
+def write_recipe(folder, model_name, name, selector=None, schedule=None):
+    args = load_model(model_name).args
+    recipe = Recipe(name, ModelRef(args.family, model_name, args.config_hash()), selector, schedule)
+    path = folder / f"{name}.yaml"
+    recipe.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Export folders by key, built lazily and once."""
+    root = tmp_path_factory.mktemp("exports")
+    built = {}
+
+    def get(model_name, name="unpruned", selector=None, schedule=None):
+        key = (model_name, name)
+        if key not in built:
+            recipe = None if name == "unpruned" else write_recipe(root, model_name, name, selector, schedule)
+            built[key] = build_onnx(model_name, str(recipe) if recipe else None, str(root / f"{model_name}-{name}"))
+        return built[key]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-1.5", "tiny-llava-next"])
+def test_unpruned_export_generates_like_transformers(exports, name):
+    runner = OrtRunner(exports(name))
+    image = random_image(60, 90)
+    folder = load_model(name).source.folder
+    hf = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    hf.generation_config.eos_token_id = None
+    processor = AutoProcessor.from_pretrained(folder, backend="pil")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    inputs = processor(images=[image], text=[processor.apply_chat_template(messages, add_generation_prompt=True)],
+                       return_tensors="pt")
+    with torch.no_grad():
+        reference = hf.generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    ours = runner.generate(runner.prepare([image], [QUESTION], 20), 20, stop_token_ids=())[0]
+    assert ours == reference.tolist()
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-1.5", "tiny-llava-next"])
+def test_one_export_runs_many_batch_and_prompt_shapes(exports, name):
+    runner, model = OrtRunner(exports(name)), load_model(name)
+    images = [random_image(60, 90, 1), random_image(64, 64, 2), random_image(60, 90, 3), random_image(30, 30, 4)]
+    questions = ["Hi?", "What colour is the large square on the left?", "Count the shapes.", "Is there a red one?"]
+    for count in (1, 2, 4):
+        batch = prepare(model, images[:count], questions[:count], 12)
+        expected = greedy_generate(model, batch, 12, stop_token_ids=())
+        assert runner.generate(runner.prepare(images[:count], questions[:count], 12), 12, stop_token_ids=()) == expected
+
+
+N_TINY = {"tiny-llava-1.5": 36, "tiny-llava-next": 80}
+SCHEDULES = {
+    "fitprune": lambda n: ScheduleSpec("fitprune", drop=(0, n // 3, n // 4, 0), visual_tokens=n),
+    "pyramiddrop": lambda n: ScheduleSpec("pyramiddrop", layers=(1, 2, 3), ratio=0.5),
+    "fastv": lambda n: ScheduleSpec("fastv", layer=2, ratio=0.5),
+}
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-1.5", "tiny-llava-next"])
+@pytest.mark.parametrize("method", sorted(SCHEDULES))
+def test_pruned_export_matches_eager_reference(exports, name, method):
+    folder = exports(name, method, schedule=SCHEDULES[method](N_TINY[name]))
+    report = verify_export(folder, max_new_tokens=20)
+    assert report.generations_identical
+    for check in report.graphs.values():
+        assert check.max_abs_error <= 1e-4, check
+        assert check.top1_agreement in (None, 1.0), check
+    assert report.passed
+
+
+SELECTORS = {
+    "fopru-rank": SelectorSpec("fopru-rank", ratio=0.25),
+    "fopru-row": SelectorSpec("fopru-row", ratio=0.5),
+    "prumerge-k8": SelectorSpec("prumerge", tokens=8),
+}
+
+
+@pytest.mark.parametrize("selector", sorted(SELECTORS))
+def test_selector_export_matches_eager_reference(exports, selector):
+    folder = exports("tiny-llava-1.5", selector, selector=SELECTORS[selector])
+    report = verify_export(folder, max_new_tokens=20)
+    assert report.passed, report
+    manifest = json.loads((folder / "manifest.json").read_text())
+    planned = SELECTORS[selector].output_tokens(36, 6)
+    assert manifest["dims"]["image_tokens"] == {"min": planned, "opt": planned, "max": planned}
+
+
+def test_manifest_describes_stages_and_dimensions(exports):
+    folder = exports("tiny-llava-next", "pyramiddrop", schedule=SCHEDULES["pyramiddrop"](80))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["position_policy"] == "renumbered"
+    assert manifest["layer_stage"] == [0, 1, 2, 3]
+    decode_inputs = {t["name"]: t["dims"] for t in manifest["graphs"]["decode"]["inputs"]}
+    assert decode_inputs["past_key_values.2.key"] == ["batch", 2, "past_len_2", 16]
+    assert manifest["graphs"]["prefill"]["output_dim_expressions"]["kv_len_3"] == (
+        "prefix_len + suffix_len + ((image_tokens//8))"
+    )
+    for name, dims in manifest["dims"].items():
+        assert dims["min"] <= dims["opt"] <= dims["max"], name
+    assert set(manifest["files"]) >= {"vision.onnx", "prefill.onnx", "decode.onnx", "recipe.yaml", "config.json"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
+
+
+def test_cli_build_run_verify_lint(tmp_path, image_file):
+    recipe = write_recipe(tmp_path, "tiny-llava-1.5", "fastv-tiny", schedule=SCHEDULES["fastv"](36))
+    out = tmp_path / "exported" / "fastv-tiny"
+    result = invoke("build", "--recipe", recipe, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "exporting prefill.onnx" in result.output and f"wrote {out}" in result.output
+    result = invoke("run", out, "--image", image_file, "--prompt", "What?", "--max-new-tokens", 5)
+    assert result.exit_code == 0, result.output
+    eager = invoke("run", "--model", "tiny-llava-1.5", "--recipe", recipe, "--image", image_file, "--prompt", "What?",
+                   "--max-new-tokens", 5)
+    assert eager.output == result.output
+    result = invoke("verify", out, "--max-new-tokens", 8)
+    assert result.exit_code == 0 and "verify passed" in result.output, result.output
+    result = invoke("lint", out)
+    assert result.exit_code == 0 and "3 graphs pass" in result.output, result.output
+
+    assert_one_line_error(invoke("build", "--recipe", recipe, "--out", out), "already exists; pass --force")
+    assert invoke("build", "--recipe", recipe, "--out", out, "--force").exit_code == 0
+
+    tampered = out / "decode.onnx"
+    tampered.write_bytes(tampered.read_bytes() + b"\0")
+    result = invoke("verify", out)
+    assert result.exit_code == 1 and "decode.onnx (sha256 differs)" in result.output, result.output
+
+
+def test_cli_build_refuses_bad_input(tmp_path):
+    recipe = write_recipe(tmp_path, "tiny-llava-1.5", "fastv-tiny", schedule=SCHEDULES["fastv"](36))
+    assert_one_line_error(invoke("build", "--recipe", recipe, "--model", "tiny-llava-next", "--out", tmp_path / "a"),
+                          "is for tiny-llava-1.5")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert_one_line_error(invoke("build", "--recipe", recipe, "--out", blocker / "sub" / "x"), "cannot write the export")
+    assert_one_line_error(invoke("build", "--recipe", tmp_path / "missing.yaml"), "recipe not found")
+    assert_one_line_error(invoke("verify", tmp_path), "no manifest.json")
+    adaptive = write_recipe(tmp_path, "tiny-llava-1.5", "adaptive", selector=SelectorSpec("prumerge"))
+    assert_one_line_error(invoke("build", "--recipe", adaptive, "--out", tmp_path / "b"), "data-dependent")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_failed_or_interrupted_build_leaves_nothing_that_looks_finished(tmp_path, monkeypatch):
+    import vtpexport.export.lint as lint
+    import vtpexport.export.onnx_export as onnx_export
+
+    monkeypatch.setattr(lint, "TOPK_MAX_K", 4)  # every selection graph now breaks TensorRT's TopK limit
+    recipe = write_recipe(tmp_path, "tiny-llava-1.5", "fastv-tiny", schedule=SCHEDULES["fastv"](36))
+    result = invoke("build", "--recipe", recipe, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "lint failed" in result.output and "TopK" in result.output, result.output
+    monkeypatch.undo()
+
+    calls = []
+    real_export = onnx_export.export_graph
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "export_graph", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_onnx("tiny-llava-1.5", str(recipe), str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fastv-tiny.yaml"]

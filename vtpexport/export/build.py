@@ -1,0 +1,167 @@
+"""`vtpexport build --engine onnx`: model + recipe -> a self-contained, verified-to-lint export folder.
+
+The folder is assembled under a hidden temporary name beside the destination and renamed
+into place only when complete, so a failed or interrupted build never looks finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import UserError
+from ..flops import exact_prefill_macs, paper_flops
+from ..models.loader import load_model
+from ..recipe import Recipe
+from ..runtime.eager import check_recipe_applies
+from .lint import format_issues, lint_model
+from .manifest import write_manifest
+from .onnx_export import IR_VERSION, export_all
+from .spec import ExportLimits, dim_ranges, graph_specs, image_token_range, stage_of_layer
+
+# Files a model folder carries besides weights that the runtime needs.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "processor_config.json",
+    "preprocessor_config.json",
+)
+SUPPORTED_OPSETS = (18, 24)  # the dynamo exporter needs >= 18; TensorRT 10.15+ parses up to 24
+
+
+def default_output(recipe: Recipe | None, model_spec: str) -> Path:
+    name = recipe.name if recipe else f"{Path(model_spec).name}-unpruned"
+    return Path("exported") / name
+
+
+def _staging_folder(out: Path, force: bool) -> Path:
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; the finished export is an ordinary folder
+        return staging
+    except OSError as error:
+        raise UserError(f"cannot write the export to {out.parent}: {error.strerror or error}") from None
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if out.exists():
+        retired = out.with_name(f".{out.name}.replaced")
+        shutil.rmtree(retired, ignore_errors=True)
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def build_onnx(
+    model_spec: str | None,
+    recipe_path: str | None,
+    out: str | None = None,
+    weights: str | None = None,
+    limits: ExportLimits | None = None,
+    opset: int = 18,
+    force: bool = False,
+    report: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """Export vision, prefill and decode graphs with the recipe baked in; returns the folder."""
+    if not SUPPORTED_OPSETS[0] <= opset <= SUPPORTED_OPSETS[1]:
+        raise UserError(f"--opset {opset} is outside {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[1]}")
+    recipe = Recipe.load(recipe_path) if recipe_path else None
+    model_spec = model_spec or (recipe.model.name if recipe else None)
+    if model_spec is None:
+        raise UserError("pass --model (or a --recipe, whose model is used)")
+    model = load_model(model_spec, weights, torch.float32)
+    check_recipe_applies(model, recipe)
+    args = model.args
+    if args.text.sliding_window is not None:
+        raise UserError("sliding-window attention is not supported by the exporter yet (config sliding_window)")
+    destination = Path(out) if out else default_output(recipe, model_spec)
+    staging = _staging_folder(destination, force)
+    try:
+        specs = graph_specs(args, recipe)
+        expressions = export_all(model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"))
+        for name in MODEL_FILES:
+            if (model.source.folder / name).is_file():
+                shutil.copy2(model.source.folder / name, staging / name)
+        if recipe:
+            recipe.save(staging / "recipe.yaml")
+        ranges = dim_ranges(args, recipe, limits or ExportLimits())
+        report("linting graphs for TensorRT")
+        issues = [
+            issue
+            for name in specs
+            for issue in lint_model(
+                staging / f"{name}.onnx", graph_name=f"{name}.onnx", dim_ranges=ranges, opset_range=SUPPORTED_OPSETS
+            )
+        ]
+        if issues:
+            raise UserError(f"lint failed ({len(issues)} issue(s)): {format_issues(issues[:1]).strip()}")
+        write_manifest(staging, _manifest(model, model_spec, recipe, specs, expressions, ranges, opset))
+        _move_into_place(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> dict:
+    args = model.args
+    schedule = recipe.schedule if recipe else None
+    n_min, n_opt, n_max = image_token_range(args, None)
+    paper = paper_flops(args, recipe, n_opt)
+    exact = exact_prefill_macs(args, recipe, n_opt, 32, 32)
+    return {
+        "name": recipe.name if recipe else f"{model_spec}-unpruned",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool": f"vtpexport {__version__}",
+        "engine": "onnx",
+        "precision": "fp32",
+        "opset": opset,
+        "ir_version": IR_VERSION,
+        "model": {
+            "name": model_spec,
+            "family": args.family,
+            "config_hash": args.config_hash(),
+            "source": str(model.source.folder.resolve()),
+        },
+        "recipe": recipe.to_dict() if recipe else None,
+        "position_policy": recipe.position_policy if recipe else "original",
+        "layer_stage": stage_of_layer(schedule, args.text.num_layers),
+        "graphs": {
+            name: {**spec.to_dict(), "file": f"{name}.onnx", "output_dim_expressions": expressions[name]}
+            for name, spec in specs.items()
+        },
+        "dims": {name: dict(zip(("min", "opt", "max"), r, strict=True)) for name, r in ranges.items()},
+        "image_tokens": {
+            "image_token_id": args.image_token_id,
+            "rule": "anyres" if args.family == "llava-next" else "fixed",
+            "placeholders_per_image": [n_min, n_max],
+            "tokens_per_tile": args.tokens_per_tile,
+            "prompt": "the prompt's <image> marks where image_embeds go: prefix_ids before, suffix_ids after; "
+            "no placeholder tokens are fed to the graphs",
+        },
+        "flops": {
+            "image_tokens": n_opt,
+            "paper_convention_macs": paper.total,
+            "paper_convention_unpruned_macs": paper.unpruned,
+            "exact_prefill_macs": asdict(exact) | {"total": exact.total, "prefix_len": 32, "suffix_len": 32},
+        },
+    }

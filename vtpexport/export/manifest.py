@@ -1,0 +1,72 @@
+"""manifest.json: what an export folder holds, how to drive it, and a sha256 of every file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from ..errors import UserError
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for package in ("vtpexport", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def write_manifest(folder: Path, content: dict) -> dict:
+    """Write manifest.json with the sha256 of every other file in `folder`."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        **content,
+        "versions": library_versions(),
+        "files": {str(p.relative_to(folder)): sha256(p) for p in files},
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{folder} is not a vtpexport export: no {MANIFEST} (build one with vtpexport build)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise UserError(
+            f"{path} has manifest version {manifest.get('manifest_version')!r}; this tool reads {MANIFEST_VERSION}"
+        )
+    return manifest
+
+
+def changed_files(folder: Path, manifest: dict) -> list[str]:
+    """Files whose sha256 differs from the manifest, or that are missing."""
+    changed = []
+    for name, digest in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            changed.append(f"{name} (missing)")
+        elif sha256(path) != digest:
+            changed.append(f"{name} (sha256 differs)")
+    return changed

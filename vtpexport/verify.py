@@ -1,0 +1,158 @@
+"""`vtpexport verify`: the exported graphs against our eager reference on the same inputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import UserError
+from .export.manifest import changed_files, read_manifest
+from .models.images import load_image
+from .models.loader import load_model
+from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
+from .runtime.eager import greedy_generate, image_embeddings, prepare
+from .runtime.ort import OrtRunner
+
+DEFAULT_QUESTIONS = ["What is in the picture?", "How many shapes are there?", "Describe the colours."]
+
+
+@dataclass
+class GraphCheck:
+    graph: str
+    max_abs_error: float = 0.0
+    top1_agreement: float | None = None  # fraction of logit rows whose argmax agrees
+    compared: int = 0
+
+    def add(self, ours: np.ndarray, reference: np.ndarray, logits: bool) -> None:
+        self.max_abs_error = max(self.max_abs_error, float(np.abs(ours - reference).max(initial=0.0)))
+        if logits:
+            agree = (ours.argmax(-1) == reference.argmax(-1)).astype(float)
+            total = (self.top1_agreement or 0.0) * self.compared + agree.sum()
+            self.compared += agree.size
+            self.top1_agreement = total / self.compared
+        else:
+            self.compared += 1
+
+
+@dataclass
+class VerifyReport:
+    tolerance: float
+    samples: int = 0
+    graphs: dict[str, GraphCheck] = field(default_factory=dict)
+    generations_identical: bool = True
+    changed_files: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            not self.changed_files
+            and self.generations_identical
+            and all(g.max_abs_error <= self.tolerance for g in self.graphs.values())
+        )
+
+
+def synthetic_samples() -> list[tuple[Image.Image, str]]:
+    """Deterministic images of different sizes (so LLaVA-NeXT sees different tile grids)."""
+    rng = np.random.default_rng(0)
+    sizes = [(60, 90), (90, 60), (64, 64)]
+    return [
+        (Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), question)
+        for (h, w), question in zip(sizes, DEFAULT_QUESTIONS, strict=True)
+    ]
+
+
+def read_samples(path: str | Path) -> list[tuple[Image.Image, str]]:
+    """A JSONL of {"image": path relative to the file, "question": text}."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    samples = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            image, question = row["image"], row["question"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}:{number}: expected a JSON object with 'image' and 'question'") from None
+        samples.append((load_image(path.parent / image), str(question)))
+    if not samples:
+        raise UserError(f"{path} holds no samples")
+    return samples
+
+
+def _model_for(manifest: dict, model_spec: str | None, weights: str | None):
+    if model_spec is None:
+        source = Path(manifest["model"]["source"])
+        model_spec = str(source) if source.is_dir() else manifest["model"]["name"]
+    return load_model(model_spec, weights)
+
+
+def verify_export(
+    folder: str | Path,
+    model_spec: str | None = None,
+    weights: str | None = None,
+    data: str | None = None,
+    max_new_tokens: int = 20,
+    tolerance: float = 1e-4,
+    backend: str = "ort",
+) -> VerifyReport:
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    report = VerifyReport(tolerance)
+    report.changed_files = changed_files(folder, manifest)
+    if report.changed_files:
+        return report
+    runner = OrtRunner(folder, backend)
+    model = _model_for(manifest, model_spec, weights)
+    if model.args.config_hash() != manifest["model"]["config_hash"]:
+        raise UserError(
+            f"{folder} was exported from {manifest['model']['name']} (config {manifest['model']['config_hash']}), "
+            f"not from {model.source.name} (config {model.args.config_hash()})"
+        )
+    recipe = runner.recipe
+    samples = read_samples(data) if data else synthetic_samples()
+    images, questions = [s[0] for s in samples], [s[1] for s in samples]
+    report.samples = len(samples)
+    checks = {name: GraphCheck(name) for name in ("vision", "prefill", "decode")}
+    for image in images:
+        checks["vision"].add(
+            runner.image_embeddings(image).numpy(), image_embeddings(model, image, recipe).numpy(), False
+        )
+    batch = prepare(model, images, questions, max_new_tokens, recipe)
+    schedule = recipe.schedule if recipe else None
+    for members in image_token_groups(batch):
+        _compare_prefill_and_decode(runner, model, subset_rows(batch, members), schedule, max_new_tokens, checks)
+    report.graphs = checks
+    exported = runner.generate(runner.prepare(images, questions, max_new_tokens), max_new_tokens)
+    report.generations_identical = exported == greedy_generate(model, batch, max_new_tokens, recipe=recipe)
+    return report
+
+
+@torch.no_grad()
+def _compare_prefill_and_decode(runner, model, batch: PreparedBatch, schedule, steps: int, checks) -> None:
+    """Both sides take the same inputs; decode is driven by the reference's greedy tokens."""
+    outputs = runner.prefill(batch)
+    reference = model.graph.prefill(
+        batch.prefix_ids,
+        batch.image_embeds,
+        batch.suffix_ids,
+        batch.prefix_mask,
+        batch.image_mask,
+        batch.suffix_mask,
+        schedule,
+    )
+    checks["prefill"].add(outputs["logits"], reference.logits.numpy(), True)
+    caches = reference.caches
+    token = reference.logits.argmax(-1)
+    for _ in range(steps - 1):
+        outputs = runner.decode(token, outputs)
+        step = model.graph.decode(token[:, None], caches)
+        caches = step.caches
+        checks["decode"].add(outputs["logits"], step.logits.numpy(), True)
+        token = step.logits.argmax(-1)
