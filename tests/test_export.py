@@ -54,10 +54,11 @@ def test_unpruned_export_generates_like_transformers(exports, name):
     hf.generation_config.eos_token_id = None
     processor = AutoProcessor.from_pretrained(folder, backend="pil")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
-    inputs = processor(images=[image], text=[processor.apply_chat_template(messages, add_generation_prompt=True)],
-                       return_tensors="pt")
+    inputs = processor(
+        images=[image], text=[processor.apply_chat_template(messages, add_generation_prompt=True)], return_tensors="pt"
+    )
     with torch.no_grad():
-        reference = hf.generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        reference = hf.generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     ours = runner.generate(runner.prepare([image], [QUESTION], 20), 20, stop_token_ids=())[0]
     assert ours == reference.tolist()
 
@@ -143,8 +144,19 @@ def test_cli_build_run_verify_lint(tmp_path, image_file):
     assert "exporting prefill.onnx" in result.output and f"wrote {out}" in result.output
     result = invoke("run", out, "--image", image_file, "--prompt", "What?", "--max-new-tokens", 5)
     assert result.exit_code == 0, result.output
-    eager = invoke("run", "--model", "tiny-llava-1.5", "--recipe", recipe, "--image", image_file, "--prompt", "What?",
-                   "--max-new-tokens", 5)
+    eager = invoke(
+        "run",
+        "--model",
+        "tiny-llava-1.5",
+        "--recipe",
+        recipe,
+        "--image",
+        image_file,
+        "--prompt",
+        "What?",
+        "--max-new-tokens",
+        5,
+    )
     assert eager.output == result.output
     result = invoke("verify", out, "--max-new-tokens", 8)
     assert result.exit_code == 0 and "verify passed" in result.output, result.output
@@ -162,11 +174,15 @@ def test_cli_build_run_verify_lint(tmp_path, image_file):
 
 def test_cli_build_refuses_bad_input(tmp_path):
     recipe = write_recipe(tmp_path, "tiny-llava-1.5", "fastv-tiny", schedule=SCHEDULES["fastv"](36))
-    assert_one_line_error(invoke("build", "--recipe", recipe, "--model", "tiny-llava-next", "--out", tmp_path / "a"),
-                          "is for tiny-llava-1.5")
+    assert_one_line_error(
+        invoke("build", "--recipe", recipe, "--model", "tiny-llava-next", "--out", tmp_path / "a"),
+        "is for tiny-llava-1.5",
+    )
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert_one_line_error(invoke("build", "--recipe", recipe, "--out", blocker / "sub" / "x"), "cannot write the export")
+    assert_one_line_error(
+        invoke("build", "--recipe", recipe, "--out", blocker / "sub" / "x"), "cannot write the export"
+    )
     assert_one_line_error(invoke("build", "--recipe", tmp_path / "missing.yaml"), "recipe not found")
     assert_one_line_error(invoke("verify", tmp_path), "no manifest.json")
     adaptive = write_recipe(tmp_path, "tiny-llava-1.5", "adaptive", selector=SelectorSpec("prumerge"))
@@ -197,3 +213,16 @@ def test_failed_or_interrupted_build_leaves_nothing_that_looks_finished(tmp_path
     with pytest.raises(KeyboardInterrupt):
         build_onnx("tiny-llava-1.5", str(recipe), str(tmp_path / "out"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fastv-tiny.yaml"]
+
+
+def test_selector_then_schedule_composes_in_export(exports):
+    """FoPru keeps 18 of 36 patches, then FitPrune drops from those 18 inside the LLM."""
+    schedule = ScheduleSpec("fitprune", drop=(0, 6, 3, 0), visual_tokens=18)
+    folder = exports(
+        "tiny-llava-1.5", "fopru-fitprune", selector=SelectorSpec("fopru-rank", ratio=0.5), schedule=schedule
+    )
+    report = verify_export(folder, max_new_tokens=12)
+    assert report.passed, report
+    manifest = json.loads((folder / "manifest.json").read_text())
+    expressions = manifest["graphs"]["prefill"]["output_dim_expressions"]
+    assert expressions["kv_len_1"] == "prefix_len + image_tokens + suffix_len - ((image_tokens//3))"

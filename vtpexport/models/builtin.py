@@ -130,7 +130,7 @@ def init_weights(graph: LlavaGraph, seed: int) -> None:
                 param.copy_(noise / math.sqrt(param.shape[-1]) if param.dim() else noise)
 
 
-def _processor(name: str, config, tokenizer):
+def _processor(config, tokenizer):
     family = FAMILIES[args_from_config(config).family]
     v = config.vision_config
     crop = {"height": v.image_size, "width": v.image_size}
@@ -150,9 +150,9 @@ def _processor(name: str, config, tokenizer):
     return LlavaProcessor(image_processor=images, **common)
 
 
-def write_builtin(name: str, folder: Path, seed: int = 0, max_shard_bytes: int | None = None) -> Path:
-    """Write built-in model `name` in the Hugging Face layout into `folder`."""
-    config = BUILTIN_CONFIGS[name]()
+def write_random_model(config, folder: Path, seed: int = 0, max_shard_bytes: int | None = None) -> Path:
+    """Write a random-weight model of a transformers Llava / LlavaNext config in the Hugging Face
+    layout (weights, config, byte-level tokenizer, image processor) into `folder`."""
     graph = LlavaGraph(args_from_config(config))
     init_weights(graph, seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,8 +160,13 @@ def write_builtin(name: str, folder: Path, seed: int = 0, max_shard_bytes: int |
     save_weights(graph, folder, max_shard_bytes)
     tokenizer = byte_tokenizer()
     tokenizer.chat_template = FAMILIES[graph.args.family].default_chat_template
-    _processor(name, config, tokenizer).save_pretrained(folder)
+    _processor(config, tokenizer).save_pretrained(folder)
     return folder
+
+
+def write_builtin(name: str, folder: Path, seed: int = 0, max_shard_bytes: int | None = None) -> Path:
+    """Write built-in model `name` in the Hugging Face layout into `folder`."""
+    return write_random_model(BUILTIN_CONFIGS[name](), folder, seed, max_shard_bytes)
 
 
 def cache_root() -> Path:

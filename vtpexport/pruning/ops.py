@@ -42,12 +42,14 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
 
 
 def image_part(x: Tensor, dim: int, image_start: int, image_len: int) -> Tensor:
-    """The image segment of a [prefix | image | text] axis. `narrow` states the length exactly,
-    which keeps exported shapes symbolic expressions instead of data-dependent sizes."""
-    return x.narrow(dim, image_start, image_len)
+    """The image segment of a [prefix | image | text] axis.
+
+    An index_select over an arange, not a slice: its length is the arange's, an exact symbolic
+    expression, whereas the exporter may give a slice with symbolic bounds a data-dependent size.
+    """
+    return x.index_select(dim, torch.arange(image_start, image_start + image_len, device=x.device))
 
 
 def text_part(x: Tensor, dim: int, image_start: int, image_len: int) -> Tensor:
     """The text segment after the image on the same axis."""
-    end = image_start + image_len
-    return x.narrow(dim, end, x.shape[dim] - end)
+    return x.index_select(dim, torch.arange(image_start + image_len, x.shape[dim], device=x.device))
