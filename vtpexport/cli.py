@@ -287,3 +287,104 @@ def inspect(
     Console().print(view)
     if plot_path:
         click.echo(f"wrote {plot_path}")
+
+
+@main.command()
+@click.option("--model", "model_spec", required=True, help="Alias, built-in model or local Hugging Face folder.")
+@click.option("--weights", default=None, help="Folder with the alias's weights (FitPrune only needs them).")
+@click.option(
+    "--flops-budget",
+    "flops_budget",
+    required=True,
+    metavar="B",
+    help="Fraction in (0, 1] of the unpruned visual-token LLM FLOPs (paper convention) the pruned model may spend.",
+)
+@click.option(
+    "--method", type=click.Choice(["fitprune", "pyramiddrop", "fastv"]), default="fitprune", show_default=True
+)
+@click.option(
+    "--selector",
+    type=click.Choice(["fopru-rank", "fopru-row", "prumerge"]),
+    default=None,
+    help="A pre-LLM selector composed with the schedule; the budget covers both.",
+)
+@click.option("--selector-ratio", type=float, default=None, help="fopru-rank / fopru-row: share of tokens / rows kept.")
+@click.option("--selector-tokens", type=int, default=None, help="prumerge: a fixed count of kept tokens (+1 merged).")
+@click.option(
+    "--data",
+    default=None,
+    help='FitPrune: JSONL of {"image": ..., "question": ...}, or a folder of images (questions in its '
+    "questions.txt). Default: the shipped calibration_data/.",
+)
+@click.option("--samples", type=click.IntRange(1), default=64, show_default=True, help="Samples drawn from --data.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Draws the samples when --data has more.")
+@click.option("--skip-bad", is_flag=True, help="Skip (and count) unreadable images instead of stopping.")
+@click.option(
+    "--stop-rule",
+    type=click.Choice(["recipe", "samples"]),
+    default="recipe",
+    show_default=True,
+    help="FitPrune: project FLOPs for the recipe (our fix) or per sample (the reference code).",
+)
+@click.option("--fastv-layer", type=click.IntRange(1), default=2, show_default=True, help="FastV's K.")
+@click.option("--stage-layers", default=None, metavar="L1,L2,..", help="PyramidDrop stage ends (default L/4,L/2,3L/4).")
+@click.option("--device", default="cpu", show_default=True, help="FitPrune: where the model runs (cpu, cuda, ...).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="FitPrune model dtype.")
+@click.option("--out", default=None, help="Recipe file (default: recipes/<name>.yaml).")
+def calibrate(
+    model_spec,
+    weights,
+    flops_budget,
+    method,
+    selector,
+    selector_ratio,
+    selector_tokens,
+    data,
+    samples,
+    seed,
+    skip_bad,
+    stop_rule,
+    fastv_layer,
+    stage_layers,
+    device,
+    dtype,
+    out,
+) -> None:
+    """Make a recipe that meets a FLOPs budget: FitPrune from data, PyramidDrop / FastV solved."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .calibrate import CalibrationRequest, calibrate, calibration_view, check_writable, write_recipe
+    from .recipe import SelectorSpec
+
+    if selector is None and (selector_ratio is not None or selector_tokens is not None):
+        raise UserError("--selector-ratio and --selector-tokens need --selector")
+    layers = None
+    if stage_layers is not None:
+        try:
+            layers = tuple(int(x) for x in stage_layers.split(","))
+        except ValueError:
+            raise UserError(f"--stage-layers wants layer numbers like 8,16,24, got {stage_layers!r}") from None
+    request = CalibrationRequest(
+        model=model_spec,
+        flops_budget=flops_budget,
+        method=method,
+        weights=weights,
+        selector=SelectorSpec(selector, ratio=selector_ratio, tokens=selector_tokens) if selector else None,
+        data=data,
+        samples=samples,
+        seed=seed,
+        skip_bad=skip_bad,
+        stop_rule=stop_rule,
+        fastv_layer=fastv_layer,
+        stage_layers=layers,
+        device=device,
+        dtype=dtype,
+        name=Path(out).stem if out else None,
+    )
+    out = check_writable(out or Path("recipes") / f"{request.recipe_name}.yaml")  # before the long part
+    result = calibrate(request, progress=True)
+    path = write_recipe(result.recipe, out)
+    Console().print(calibration_view(result))
+    click.echo(f"wrote {path}")

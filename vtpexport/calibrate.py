@@ -1,0 +1,796 @@
+"""Calibration: a FLOPs budget (and, for FitPrune, statistics over a dataset) -> a recipe.
+
+The budget is a fraction of the unpruned model's visual-token LLM MACs in the papers'
+convention (`flops.paper_flops`), computed on the composed plan (selector + schedule) at the
+model's reference image size. Every check against it is exact integer arithmetic.
+
+- FitPrune (METHODS.md): per layer and sample, the attention masses text rows and visual rows
+  give the visual tokens in the unpruned model (W_c, W_s); fit(alpha), a layer-by-layer
+  simulated forward in which each sample drops its own intersection of the lowest-mass tokens;
+  a bisection on the 0.01 grid of alpha; the recipe of the smallest alpha whose recipe meets the
+  budget by `paper_flops` (the reference code can return one that does not).
+- PyramidDrop and FastV: their free parameter (lambda, R) solved for the budget on a 0.001
+  grid, without data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from . import __version__
+from .errors import UserError
+from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
+from .graph.args import LlavaArgs
+from .graph.decoder import Decoder, DecoderLayer, Sequence
+from .models.anyres import num_image_tokens, num_tiles
+from .models.images import load_image
+from .pruning.ops import gather_tokens
+from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
+
+METHODS = ("fitprune", "pyramiddrop", "fastv")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DEFAULT_QUESTIONS = ("Describe the image in detail.", "What is the main object in the picture?")
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "calibration_data" / "calibration.jsonl"
+ALPHA_STEPS = 100  # alpha is searched on the grid k / 100
+STOP_RULES = ("recipe", "samples")
+PARAMETER_STEPS = 1000  # lambda and R are solved on the grid k / 1000 (recipe ratios have denominators <= 1000)
+
+
+# --- the budget ------------------------------------------------------------------------------
+
+
+def parse_budget(value: str | float) -> Fraction:
+    """The budget as an exact fraction (0.45 -> 9/20); UserError outside (0, 1]."""
+    try:
+        budget = Fraction(str(value).strip())
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"--flops-budget wants a number in (0, 1], got {value!r}") from None
+    if not 0 < budget <= 1:
+        raise UserError(
+            f"--flops-budget must be in (0, 1] (the fraction of the unpruned visual-token FLOPs to spend), got {value}"
+        )
+    return budget
+
+
+def reference_image(args: LlavaArgs) -> tuple[tuple[int, int], int, int]:
+    """(height, width), visual tokens and CLIP tiles of the image size budgets are computed at:
+    the native size, or LLaVA-NeXT's largest tiling (as `vtpexport inspect` counts by default)."""
+    sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.vision.image_size,) * 2]
+    size = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
+    return size, num_image_tokens(size, args), num_tiles(size, args)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`fraction` of the unpruned visual-token LLM MACs of `model` at `n_image` tokens."""
+
+    fraction: Fraction
+    args: LlavaArgs
+    model: ModelRef
+    n_image: int
+    selector: SelectorSpec | None = None
+
+    def recipe(self, schedule: ScheduleSpec | None, name: str = "candidate", provenance: dict | None = None) -> Recipe:
+        return Recipe(name, self.model, self.selector, schedule, provenance or {})
+
+    def report(self, schedule: ScheduleSpec | None) -> FlopsReport:
+        return paper_flops(self.args, self.recipe(schedule), self.n_image)
+
+    def allows(self, macs: int, unpruned: int) -> bool:
+        return macs * self.fraction.denominator <= unpruned * self.fraction.numerator
+
+    def meets(self, schedule: ScheduleSpec | None) -> bool:
+        report = self.report(schedule)
+        return self.allows(report.total, report.unpruned)
+
+    @property
+    def visual_tokens(self) -> int:
+        """Visual tokens entering the LLM at the reference size (after the selector)."""
+        n = self.recipe(None).visual_tokens(self.args, self.n_image)
+        if n is None:
+            raise UserError(
+                f"selector {self.selector.method} keeps a data-dependent number of tokens, so no FLOPs budget "
+                "can be checked; give it a fixed count (--selector-tokens K)"
+            )
+        return n
+
+    def unreachable(self, method: str, floor: ScheduleSpec, how: str) -> UserError:
+        report = self.report(floor)
+        return UserError(
+            f"flops budget {float(self.fraction):g} is below what {method} can reach on {self.model.name}: "
+            f"the minimum is {_ceil(report.ratio, 4)} ({how})"
+        )
+
+
+def _ceil(value: float, digits: int) -> str:
+    """`value` rounded up at `digits` decimals, so that a budget of that size is reachable."""
+    scale = 10**digits
+    return f"{-int(-value * scale // 1) / scale:.{digits}f}"
+
+
+# --- PyramidDrop and FastV: solved without data ----------------------------------------------
+
+
+def default_stage_layers(num_layers: int) -> tuple[int, ...]:
+    """PyramidDrop's [8, 16, 24] of 32 layers, scaled: L/4, L/2, 3L/4 rounded half up."""
+    layers = sorted({(num_layers * k + 2) // 4 for k in (1, 2, 3)} & set(range(1, num_layers)))
+    if not layers:
+        raise UserError(f"pyramiddrop needs 2 or more LLM layers to place a stage boundary, the model has {num_layers}")
+    return tuple(layers)
+
+
+def solve_pyramiddrop(budget: Budget, layers: tuple[int, ...]) -> ScheduleSpec:
+    """The largest lambda on the 0.001 grid of (0, 1] whose schedule meets the budget."""
+
+    def schedule(k: int) -> ScheduleSpec:
+        return ScheduleSpec("pyramiddrop", layers=layers, ratio=k / PARAMETER_STEPS)
+
+    schedule(1).validate(budget.args.text.num_layers)
+    if not budget.meets(schedule(1)):
+        raise budget.unreachable("pyramiddrop", schedule(1), f"lambda = 0.001 with stages at layers {list(layers)}")
+    # FLOPs never decrease as lambda grows: bisect for the last k that meets.
+    lo, hi = 1, PARAMETER_STEPS + 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if budget.meets(schedule(mid)) else (lo, mid)
+    return schedule(lo)
+
+
+def solve_fastv(budget: Budget, layer: int) -> ScheduleSpec:
+    """The smallest R on the 0.001 grid of [0, 1] (the most tokens kept) that meets the budget."""
+
+    def schedule(k: int) -> ScheduleSpec:
+        return ScheduleSpec("fastv", layer=layer, ratio=k / PARAMETER_STEPS)
+
+    schedule(0).validate(budget.args.text.num_layers)
+    if not budget.meets(schedule(PARAMETER_STEPS)):
+        how = f"R = 1 still runs layers 0..{layer - 1} on every visual token"
+        raise budget.unreachable("fastv", schedule(PARAMETER_STEPS), how)
+    # FLOPs never increase as R grows: bisect for the first k that meets.
+    lo, hi = -1, PARAMETER_STEPS
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if budget.meets(schedule(mid)) else (mid, hi)
+    return schedule(hi)
+
+
+# --- calibration data ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    image: Path
+    question: str
+
+
+def read_dataset(path: str | Path) -> list[Record]:
+    """A JSONL of {"image": path relative to the file, "question": text}, or a folder of images
+    whose questions (one per line) are in its questions.txt; every image gets every question."""
+    path = Path(path)
+    if path.is_dir():
+        records = _read_folder(path)
+    elif path.is_file():
+        records = _read_jsonl(path)
+    else:
+        raise UserError(f"calibration data not found: {path}")
+    if not records:
+        raise UserError(f"{path} holds no calibration samples")
+    return records
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read calibration data {path}: {error}") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            image, question = row["image"], row["question"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}:{number}: expected a JSON object with 'image' and 'question'") from None
+        if not isinstance(image, str) or not isinstance(question, str) or not question.strip():
+            raise UserError(f"{path}:{number}: 'image' must be a path and 'question' a non-empty text")
+        records.append(Record(path.parent / image, question))
+    return records
+
+
+def _read_folder(folder: Path) -> list[Record]:
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    questions_file = folder / "questions.txt"
+    questions = DEFAULT_QUESTIONS
+    if questions_file.is_file():
+        questions = tuple(line.strip() for line in questions_file.read_text().splitlines() if line.strip())
+        if not questions:
+            raise UserError(f"{questions_file} holds no questions")
+    return [Record(image, question) for image in images for question in questions]
+
+
+def select_records(records: list[Record], count: int, seed: int) -> list[Record]:
+    """`count` records drawn with `seed` (all of them if there are not more), in file order."""
+    if count >= len(records):
+        return list(records)
+    return [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), count))]
+
+
+@dataclass
+class Samples:
+    images: list[Image.Image]
+    questions: list[str]
+    skipped: list[str]  # files that could not be read (with --skip-bad)
+    sha256: str  # of the image bytes and questions used, in order
+
+
+def load_samples(records: list[Record], skip_bad: bool = False) -> Samples:
+    """Decode every image now (a bad file fails before any model is loaded)."""
+    images, questions, skipped, decoded = [], [], [], {}
+    digest = hashlib.sha256()
+    for record in records:
+        if record.image not in decoded:
+            try:
+                decoded[record.image] = (load_image(record.image), _file_sha256(record.image))
+            except UserError:
+                if not skip_bad:
+                    raise
+                decoded[record.image] = None
+        if decoded[record.image] is None:
+            skipped.append(str(record.image))
+            continue
+        image, image_sha = decoded[record.image]
+        images.append(image)
+        questions.append(record.question)
+        digest.update(f"{image_sha}\n{record.question}\n".encode())
+    if not images:
+        raise UserError(f"no usable calibration samples: all {len(records)} were skipped as unreadable")
+    return Samples(images, questions, skipped, digest.hexdigest())
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- FitPrune ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptState:
+    """One calibration sample at the LLM's input: its sequence and its visual-token counts."""
+
+    sequence: Sequence
+    n_image: int  # image tokens before any pruning (the unpruned FLOPs count these)
+    n_visual: int  # visual tokens entering the LLM (after the selector)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """fit(alpha): the per-sample drop counts of the simulated forward and the recipe they give."""
+
+    alpha: int  # hundredths
+    counts: tuple[tuple[int, ...], ...]  # [sample][layer] tokens the sample dropped
+    stop_layer: int  # first layer where the projected FLOPs met the budget (num_layers: never)
+    schedule: ScheduleSpec
+    report: FlopsReport
+    meets: bool
+
+
+def attention(decoder: Decoder, layer: DecoderLayer, seq: Sequence) -> tuple[Tensor, Tensor]:
+    """A layer's attention output before o_proj [B, S, H*Dh] and its fp32 probabilities."""
+    cos, sin, bias = decoder._rope_and_bias(seq.positions, seq.key_mask, seq.positions, seq.x.dtype)
+    q, k, v = layer.self_attn.project(layer.input_layernorm(seq.x), cos, sin)
+    return layer.self_attn.attend(q, k, v, bias, return_probs=True)
+
+
+def visual_masses(probs: Tensor, seq: Sequence) -> tuple[Tensor, Tensor]:
+    """Per visual token j of batch row 0, from head-max probabilities (fp32): the mean attention
+    of the text rows after the image (c_j) and of the visual rows (s_j) to j."""
+    start, n = seq.image_start, seq.image_len
+    to_image = probs[0].amax(dim=0)[:, start : start + n].float()  # [S, n]
+    valid = seq.key_mask[0].to(to_image.dtype)
+
+    def mean_of_rows(rows: slice) -> Tensor:
+        weights = valid[rows]
+        return (to_image[rows] * weights[:, None]).sum(dim=0) / weights.sum().clamp(min=1)
+
+    return mean_of_rows(slice(start + n, None)), mean_of_rows(slice(start, start + n))
+
+
+def _remaining_mass(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Ascending order of `values` and, for k = 0..n, the float64 sum left after removing the k lowest."""
+    order = torch.sort(values, stable=True).indices
+    suffix = values[order].double().flip(0).cumsum(0).flip(0)
+    return order, torch.cat([suffix, suffix.new_zeros(1)])
+
+
+def total_mass(values: Tensor) -> float:
+    """The sum of `values`, computed exactly as `lowest_removable` computes what is left."""
+    return float(_remaining_mass(values)[1][0])
+
+
+def lowest_removable(values: Tensor, keep: float) -> Tensor:
+    """Mask of the largest number of lowest `values` whose removal leaves a sum >= keep."""
+    order, remaining = _remaining_mass(values)
+    count = max(int((remaining >= keep).sum()) - 1, 0)  # remaining never increases with k
+    mask = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    mask[order[:count]] = True
+    return mask
+
+
+class FitPruneCalibrator:
+    """The FitPrune search over prepared samples (held at the LLM's input, batch 1 each).
+
+    stop_rule: when fit(alpha) stops pruning — at the first layer where the projected MACs
+    (spent so far + every remaining layer at the current counts) meet the budget, projected
+      "recipe" (default; a deliberate fix): for the recipe the counts so far give (floor of the
+        mean), so that "reached" means "the recipe meets the budget";
+      "samples" (the reference code): as the mean over samples of each one's own counts, which
+        the floored recipe can miss, and which makes meeting the budget non-monotone in alpha.
+    """
+
+    def __init__(self, decoder: Decoder, prompts: list[PromptState], budget: Budget, stop_rule: str = "recipe"):
+        if stop_rule not in STOP_RULES:
+            raise UserError(f"unknown stop rule {stop_rule!r} (known: {', '.join(STOP_RULES)})")
+        self.decoder = decoder
+        self.prompts = prompts
+        self.budget = budget
+        self.stop_rule = stop_rule
+        self.num_layers = len(decoder.layers)
+        self.reference: Tensor | None = None  # [layers, samples, 2]: W_c, W_s of the unpruned model
+
+    def _macs(self, tokens: int, kept: int) -> int:
+        return paper_layer_macs(self.decoder.args, tokens, kept)
+
+    @torch.inference_mode()
+    def collect_reference(self, progress: Callable[[Iterator], Iterator] = iter) -> Tensor:
+        """W_c and W_s per layer and sample, from the unpruned model."""
+        reference = torch.zeros(self.num_layers, len(self.prompts), 2, dtype=torch.float64)
+        for i, prompt in progress(enumerate(self.prompts)):
+            seq = prompt.sequence
+            for index, layer in enumerate(self.decoder.layers):
+                attn, probs = attention(self.decoder, layer, seq)
+                cross, self_ = visual_masses(probs, seq)
+                reference[index, i, 0], reference[index, i, 1] = total_mass(cross), total_mass(self_)
+                seq = replace(seq, x=layer.finish(seq.x, attn))
+        self.reference = reference
+        return reference
+
+    @torch.inference_mode()
+    def fit(self, alpha: int) -> Fit:
+        """Simulate pruning with alpha = `alpha` / 100 over every sample, layer by layer: each
+        sample drops its own intersection of lowest-mass tokens; the recipe takes the mean."""
+        if self.reference is None:
+            self.collect_reference()
+        keep = (ALPHA_STEPS - alpha) / ALPHA_STEPS
+        states = [p.sequence for p in self.prompts]
+        counts = [[0] * self.num_layers for _ in self.prompts]
+        stop = self.num_layers
+        for index, layer in enumerate(self.decoder.layers):
+            if self._reached(index, counts):
+                stop = index
+                break
+            for i, seq in enumerate(states):
+                attn, probs = attention(self.decoder, layer, seq)
+                cross, self_ = visual_masses(probs, seq)
+                del probs
+                w_cross, w_self = self.reference[index, i].tolist()
+                dropped = lowest_removable(cross, keep * w_cross) & lowest_removable(self_, keep * w_self)
+                counts[i][index] = int(dropped.sum())
+                if counts[i][index]:
+                    # As in inference: the cache kept every token; o_proj and the MLP run on the rest.
+                    seq, rows = seq.keep_image((~dropped).nonzero().flatten()[None], renumber=False)
+                    attn = gather_tokens(attn, rows)
+                states[i] = replace(seq, x=layer.finish(seq.x, attn))
+        schedule = self._schedule(counts)
+        report = self.budget.report(schedule)
+        return Fit(
+            alpha, tuple(map(tuple, counts)), stop, schedule, report, self.budget.allows(report.total, report.unpruned)
+        )
+
+    def _reached(self, index: int, counts: list[list[int]]) -> bool:
+        """Do the projected MACs before layer `index` (no pruning from it on) meet the budget?"""
+        if self.stop_rule == "recipe":
+            return self.budget.meets(self._schedule(counts))
+        projected = unpruned = 0
+        for prompt, dropped in zip(self.prompts, counts, strict=True):
+            n = prompt.n_visual
+            for layer in range(index):
+                projected += self._macs(n, n - dropped[layer])
+                n -= dropped[layer]
+            projected += (self.num_layers - index) * self._macs(n, n)
+            unpruned += self.num_layers * self._macs(prompt.n_image, prompt.n_image)
+        return self.budget.allows(projected, unpruned)
+
+    def _schedule(self, counts: list[list[int]]) -> ScheduleSpec:
+        """D_l = floor of the mean over samples, each sample's count taken relative to its own
+        visual tokens and scaled to the recipe's (they differ only for LLaVA-NeXT anyres)."""
+        n = self.budget.visual_tokens
+        drop = []
+        for index in range(self.num_layers):
+            share = sum(Fraction(c[index], p.n_visual) for c, p in zip(counts, self.prompts, strict=True) if p.n_visual)
+            drop.append(int(n * share / len(self.prompts)))
+        return ScheduleSpec("fitprune", drop=tuple(drop), visual_tokens=n)
+
+    def search(self, on_step: Callable[[Fit], None] = lambda fit: None) -> tuple[Fit, list[Fit]]:
+        """Bisect alpha on the 0.01 grid for the smallest one whose recipe meets the budget.
+
+        Returns that fit and every fit evaluated, in order. Dropping every token after layer 0's
+        attention (alpha = 1) is the cheapest plan, so the search starts knowing it meets when
+        the budget is reachable at all (checked analytically before any data is read).
+        """
+        fits: dict[int, Fit] = {}
+
+        def evaluate(alpha: int) -> Fit:
+            if alpha not in fits:
+                fits[alpha] = self.fit(alpha)
+                on_step(fits[alpha])
+            return fits[alpha]
+
+        lo, hi = -1, ALPHA_STEPS  # invariant: alpha lo fails (or is below the grid), alpha hi meets
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if evaluate(mid).meets else (mid, hi)
+        best = evaluate(hi)
+        if not best.meets:
+            raise UserError(
+                f"no alpha meets flops budget {float(self.budget.fraction):g} on this data: alpha = 1 reaches "
+                f"{_ceil(best.report.ratio, 4)}"
+            )
+        return best, list(fits.values())
+
+
+def fitprune_floor(budget: Budget) -> ScheduleSpec:
+    """FitPrune's cheapest plan: every visual token dropped after layer 0's attention."""
+    n = budget.visual_tokens
+    return ScheduleSpec("fitprune", drop=(n,) + (0,) * (budget.args.text.num_layers - 1), visual_tokens=n)
+
+
+def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, device: torch.device, progress=iter):
+    """Each sample at the LLM's input: prompt tokens embedded, image through the vision stage
+    (and the selector), on `device`. One prompt per batch, so there is no padding."""
+    from .runtime.batch import build_batch, image_tiles
+    from .runtime.eager import check_recipe_applies
+
+    selector_recipe = None
+    if selector is not None:
+        selector_recipe = Recipe("selector", ModelRef(model.args.family, model.source.name, model.args.config_hash()))
+        selector_recipe = replace(selector_recipe, selector=selector)
+    check_recipe_applies(model, selector_recipe)
+    graph, args = model.graph, model.args
+
+    def embed(image: Image.Image) -> Tensor:
+        # runtime.eager.image_embeddings, with the tiles moved to the model's device.
+        tiles, size = image_tiles(model.image_processor, args, image)
+        tiles = tiles.to(device)
+        if selector is not None:
+            return graph.select_image_tokens(tiles, selector).embeds[0]
+        features = graph.tile_features(tiles)
+        if args.family == "llava-next":
+            from .models.anyres import packing_index
+
+            return graph.pack_tiles(features, torch.from_numpy(packing_index(size, args)).to(device))
+        return features[0]
+
+    prompts = []
+    with torch.inference_mode():
+        for image, question in progress(zip(samples.images, samples.questions, strict=True)):
+            batch = build_batch(model.tokenizer, model.chat_template, args, [image], [question], 1, embed)
+            prompts.append(
+                PromptState(
+                    prompt_sequence(graph.decoder, batch, device),
+                    num_image_tokens((image.height, image.width), args),
+                    batch.num_image_tokens[0],
+                )
+            )
+    return prompts
+
+
+def prompt_sequence(decoder: Decoder, batch, device: torch.device) -> Sequence:
+    """The [prefix | image | suffix] sequence `Decoder.prefill_prompt` builds, for a prepared batch."""
+    embed = decoder.embed_tokens
+    dtype = embed.weight.dtype
+    prefix, suffix = batch.prefix_ids.to(device), batch.suffix_ids.to(device)
+    image = batch.image_embeds.to(device, dtype)
+    x = torch.cat([embed(prefix), image, embed(suffix)], dim=1)
+    key_mask = torch.cat([batch.prefix_mask, batch.image_mask, batch.suffix_mask], dim=1).long().to(device)
+    positions = (key_mask.cumsum(-1) - 1).clamp(min=0)
+    n = image.shape[1]
+    image_ids = torch.arange(n, device=device)[None].expand(x.shape[0], n)
+    return Sequence(x, key_mask, positions, image_ids, prefix.shape[1], n)
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationRequest:
+    model: str
+    flops_budget: str | float
+    method: str = "fitprune"
+    weights: str | None = None
+    selector: SelectorSpec | None = None
+    data: str | None = None  # None: the shipped calibration_data/
+    samples: int = 64
+    seed: int = 0
+    skip_bad: bool = False
+    stop_rule: str = "recipe"  # fitprune: see FitPruneCalibrator
+    fastv_layer: int = 2
+    stage_layers: tuple[int, ...] | None = None  # pyramiddrop; None: L/4, L/2, 3L/4
+    device: str = "cpu"
+    dtype: str = "float32"
+    name: str | None = None  # None: [<selector>-]<method>-<model>-b<budget digits>, e.g. fitprune-llava-1.5-7b-b045
+
+    @property
+    def recipe_name(self) -> str:
+        if self.name:
+            return self.name
+        model = Path(self.model).name if Path(self.model).is_dir() else self.model
+        digits = str(float(parse_budget(self.flops_budget))).replace(".", "")
+        selector = f"{self.selector.method}-" if self.selector else ""
+        return f"{selector}{self.method}-{model}-b{digits}"
+
+
+@dataclass
+class FitPruneRun:
+    """What a FitPrune calibration used and tried."""
+
+    alpha: float
+    fits: list[Fit]  # every fit evaluated, in order
+    samples: int
+    skipped: list[str]
+    text_tokens: tuple[int, int]  # median prompt lengths before / after the image
+
+
+@dataclass
+class CalibrationResult:
+    recipe: Recipe
+    args: LlavaArgs
+    report: FlopsReport  # paper convention at the reference image size
+    exact: ExactMacs  # whole-model prefill, pruned
+    exact_unpruned: ExactMacs
+    text_tokens: tuple[int, int]  # (prefix, suffix) prompt lengths the exact count assumes
+    tiles: int
+    seconds: float
+    fitprune: FitPruneRun | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+ILLUSTRATIVE_TEXT = (35, 40)  # prompt lengths for the exact count when no prompt is seen (as `inspect`)
+
+
+def calibrate(request: CalibrationRequest, progress: bool = False) -> CalibrationResult:
+    """Solve (PyramidDrop, FastV) or calibrate (FitPrune) for the budget; nothing is written.
+
+    Every input is checked before a model is loaded: the budget, its reachability, the data.
+    """
+    from .models.loader import resolve_model
+
+    start = time.monotonic()
+    fraction = parse_budget(request.flops_budget)
+    if request.method not in METHODS:
+        raise UserError(f"unknown method {request.method!r} (known: {', '.join(METHODS)})")
+    source = resolve_model(request.model, request.weights)
+    args = source.args
+    if request.selector is not None:
+        request.selector.validate()
+        if args.family == "llava-next":
+            raise UserError(
+                f"selector {request.selector.method} is not supported on LLaVA-NeXT anyres images yet; "
+                "calibrate the schedule alone"
+            )
+    size, n_image, tiles = reference_image(args)
+    budget = Budget(fraction, args, ModelRef(args.family, source.name, args.config_hash()), n_image, request.selector)
+    provenance = {
+        "tool": f"vtpexport {__version__}",
+        "produced_by": "vtpexport calibrate",
+        "method": request.method,
+        "flops_budget": float(fraction),
+        "image_size": list(size),
+        "image_tokens": n_image,
+    }
+    notes, run, text = [], None, ILLUSTRATIVE_TEXT
+    if request.method == "fitprune":
+        schedule, run, extra = _calibrate_fitprune(request, budget, progress)
+        text = run.text_tokens
+    else:
+        if request.data is not None:
+            notes.append(f"--data ignored: {request.method} is solved analytically for the budget, without data")
+        schedule, extra = _solve(request, budget)
+    report = budget.report(schedule)
+    provenance.update(extra)
+    provenance["flops_ratio"] = round(report.ratio, 6)
+    provenance["tokens_per_layer"] = [[row.tokens, row.kept] for row in report.layers]  # entering, after drop
+    provenance["macs_per_layer"] = [row.macs for row in report.layers]
+    recipe = budget.recipe(schedule, request.recipe_name, provenance)
+    recipe.check_model(args, source.name)
+    return CalibrationResult(
+        recipe,
+        args,
+        report,
+        exact_prefill_macs(args, recipe, n_image, *text, tiles),
+        exact_prefill_macs(args, None, n_image, *text, tiles),
+        text,
+        tiles,
+        time.monotonic() - start,
+        run,
+        notes,
+    )
+
+
+def _solve(request: CalibrationRequest, budget: Budget) -> tuple[ScheduleSpec, dict]:
+    if request.method == "pyramiddrop":
+        layers = request.stage_layers or default_stage_layers(budget.args.text.num_layers)
+        schedule = solve_pyramiddrop(budget, tuple(layers))
+        return schedule, {"solved": f"lambda = {schedule.ratio:g}, the largest on the 0.001 grid meeting the budget"}
+    schedule = solve_fastv(budget, request.fastv_layer)
+    return schedule, {"solved": f"R = {schedule.ratio:g}, the smallest on the 0.001 grid meeting the budget"}
+
+
+def _calibrate_fitprune(
+    request: CalibrationRequest, budget: Budget, progress: bool
+) -> tuple[ScheduleSpec, FitPruneRun, dict]:
+    from tqdm import tqdm
+
+    from .models.loader import load_model
+
+    if budget.visual_tokens == 0:
+        raise UserError("the selector leaves no visual tokens: there is nothing for fitprune to prune")
+    if not budget.meets(fitprune_floor(budget)):
+        raise budget.unreachable("fitprune", fitprune_floor(budget), "every visual token dropped after layer 0")
+    device, dtype = _device(request.device), _dtype(request.dtype)
+    if request.data is None and not DEFAULT_DATA.is_file():
+        raise UserError(f"the default calibration set is missing ({DEFAULT_DATA}); pass --data")
+    records = read_dataset(DEFAULT_DATA if request.data is None else request.data)
+    samples = load_samples(select_records(records, request.samples, request.seed), request.skip_bad)
+
+    def bar(description: str, total: int):
+        return lambda items: tqdm(items, desc=description, total=total, disable=None if progress else True)
+
+    model = load_model(request.model, request.weights, dtype)
+    model.graph.to(device)
+    count = len(samples.images)
+    prompts = prepare_prompts(model, samples, request.selector, device, bar("embedding samples", count))
+    calibrator = FitPruneCalibrator(model.graph.decoder, prompts, budget, request.stop_rule)
+    calibrator.collect_reference(bar("reference statistics", count))
+    with tqdm(desc="searching alpha", total=7, disable=None if progress else True) as steps:
+
+        def on_step(fit: Fit) -> None:
+            steps.set_postfix(alpha=f"{fit.alpha / ALPHA_STEPS:.2f}", ratio=f"{fit.report.ratio:.4f}", refresh=False)
+            steps.update()
+
+        best, fits = calibrator.search(on_step)
+    text = (_median([p.sequence.image_start for p in prompts]), _median([_suffix_len(p.sequence) for p in prompts]))
+    run = FitPruneRun(best.alpha / ALPHA_STEPS, fits, count, samples.skipped, text)
+    provenance = {
+        "alpha": run.alpha,
+        "stop_rule": request.stop_rule,
+        "search": [[fit.alpha / ALPHA_STEPS, round(fit.report.ratio, 6), fit.meets] for fit in fits],
+        "data": "calibration_data/calibration.jsonl (default)" if request.data is None else str(request.data),
+        "data_sha256": samples.sha256,
+        "samples": count,
+        "skipped": len(samples.skipped),
+        "seed": request.seed,
+        "dtype": request.dtype,
+        "device": str(device),
+    }
+    return best.schedule, run, provenance
+
+
+def _suffix_len(seq: Sequence) -> int:
+    return seq.x.shape[1] - seq.image_start - seq.image_len
+
+
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2]
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device: unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise UserError(f"--device {name}: no such device is available here")
+    return device
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise UserError(f"--dtype must be one of {', '.join(dtypes)}, got {name!r}")
+    return dtypes[name]
+
+
+# --- writing the recipe ------------------------------------------------------------------------
+
+
+def check_writable(path: str | Path) -> Path:
+    """Refuse an --out that cannot be written, before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write the recipe to {path}: it is a folder; name a .yaml file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write the recipe to {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the recipe to {path}: no permission to write in {parent}")
+    return path
+
+
+def write_recipe(recipe: Recipe, path: str | Path) -> Path:
+    """Write atomically: a temporary file in the same folder, renamed into place."""
+    path = check_writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise UserError(f"cannot write the recipe to {path}: {error.strerror or error}") from None
+    try:
+        os.close(handle)
+        recipe.save(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; a recipe is an ordinary file
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise UserError(f"cannot write the recipe to {path}: {error.strerror or error}") from None
+    return path
+
+
+# --- what the command prints -------------------------------------------------------------------
+
+
+def calibration_view(result: CalibrationResult):
+    """The per-layer table and totals of `vtpexport inspect`, under a summary of the calibration."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from .flops import cache_lengths, exact_decode_macs
+    from .viz import flops_view
+
+    recipe, report, args, run = result.recipe, result.report, result.args, result.fitprune
+    prefix, suffix = result.text_tokens
+    provenance = recipe.provenance
+    lines = []
+    if run is not None:
+        tried = ", ".join(f"{fit.alpha / ALPHA_STEPS:.2f} {'meets' if fit.meets else 'over'}" for fit in run.fits)
+        lines.append(f"alpha {run.alpha:.2f}: the smallest on the 0.01 grid whose recipe meets the budget ({tried})")
+        lines.append(f"samples: {run.samples} used, {len(run.skipped)} skipped (seed {provenance['seed']})")
+    else:
+        lines.append(provenance["solved"])
+    lines.append(
+        f"flops budget {provenance['flops_budget']:g} of the unpruned visual-token LLM FLOPs: spends "
+        f"{report.ratio:.4f} (paper convention, {report.n_image} visual tokens); exact whole-model prefill "
+        f"{result.exact.total / result.exact_unpruned.total:.4f} of unpruned"
+    )
+    lines.append(f"wall time {result.seconds:.1f} s")
+    lines += [f"note: {note}" for note in result.notes]
+    if run is not None and run.skipped:
+        lines.append("skipped: " + ", ".join(run.skipped))
+    view = flops_view(
+        f"{recipe.name} on {recipe.model.name}",
+        report,
+        result.exact,
+        result.exact_unpruned,
+        exact_decode_macs(args, cache_lengths(args, recipe, report.n_image, prefix, suffix)),
+        exact_decode_macs(args, cache_lengths(args, None, report.n_image, prefix, suffix)),
+        f"P={prefix} + T={suffix} text tokens{'' if run is not None else ', illustrative'}, "
+        f"{result.tiles} CLIP tile{'s' if result.tiles > 1 else ''}",
+    )
+    return Group(view, Text("\n".join(lines)))
