@@ -80,7 +80,9 @@ def main() -> None:
         exports[name] = path
 
     feeds = prefill_feeds(model)
-    runners = {name: OrtRunner(path) for name, path in exports.items()}
+    # Spinning ORT threads would steal the cores from the torch runs measured alternately with them.
+    quiet = {"session.intra_op.allow_spinning": "0"}
+    runners = {name: OrtRunner(path, session_config=quiet) for name, path in exports.items()}
     times = alternate({name: (lambda r=r: r._run("prefill", feeds)) for name, r in runners.items()}, options.repeats)
     base_macs = exact_prefill_macs(args, None, N, PREFIX, SUFFIX)
     print(f"\n1. ONNX Runtime prefill, batch 1, P={PREFIX} + N={N} + T={SUFFIX} tokens, median of {options.repeats}")

@@ -28,7 +28,8 @@ PROVIDERS = {
 class OrtRunner:
     """Loads vision / prefill / decode sessions of an export folder and generates with them."""
 
-    def __init__(self, folder: str | Path, backend: str = "ort"):
+    def __init__(self, folder: str | Path, backend: str = "ort", session_config: dict[str, str] | None = None):
+        """session_config: ONNX Runtime session config entries (e.g. to turn thread spinning off)."""
         import onnxruntime as ort
 
         self.folder = Path(folder)
@@ -47,6 +48,8 @@ class OrtRunner:
         self.recipe = Recipe.load(recipe_file) if recipe_file.is_file() else None
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
         self.sessions = {
             name: ort.InferenceSession(str(self.folder / graph["file"]), options, providers=providers)
             for name, graph in self.manifest["graphs"].items()
