@@ -107,7 +107,7 @@ def main() -> None:
     image_mask = torch.ones(1, N, dtype=torch.long)
 
     @torch.no_grad()
-    def ours():
+    def ours(schedule=None):
         return model.graph.prefill(
             tensors["prefix_ids"],
             tensors["image_embeds"],
@@ -115,6 +115,7 @@ def main() -> None:
             tensors["prefix_mask"],
             image_mask,
             tensors["suffix_mask"],
+            schedule,
         )
 
     @torch.no_grad()
@@ -147,15 +148,7 @@ def main() -> None:
         recipe = runners[name].recipe
         pruned = alternate(
             {
-                "prefill": lambda r=recipe: model.graph.prefill(
-                    tensors["prefix_ids"],
-                    tensors["image_embeds"],
-                    tensors["suffix_ids"],
-                    tensors["prefix_mask"],
-                    image_mask,
-                    tensors["suffix_mask"],
-                    r.schedule,
-                ),
+                "prefill": lambda r=recipe: ours(r.schedule),
                 "scoring": run,
             },
             options.repeats,

@@ -15,7 +15,7 @@ from .export.manifest import changed_files, read_manifest
 from .models.images import load_image
 from .models.loader import load_model
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
-from .runtime.eager import greedy_generate, image_embeddings, prepare
+from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
 from .runtime.ort import OrtRunner
 
 DEFAULT_QUESTIONS = ["What is in the picture?", "How many shapes are there?", "Describe the colours."]
@@ -138,15 +138,7 @@ def verify_export(
 def _compare_prefill_and_decode(runner, model, batch: PreparedBatch, schedule, steps: int, checks) -> None:
     """Both sides take the same inputs; decode is driven by the reference's greedy tokens."""
     outputs = runner.prefill(batch)
-    reference = model.graph.prefill(
-        batch.prefix_ids,
-        batch.image_embeds,
-        batch.suffix_ids,
-        batch.prefix_mask,
-        batch.image_mask,
-        batch.suffix_mask,
-        schedule,
-    )
+    reference = prefill(model, batch, schedule)
     checks["prefill"].add(outputs["logits"], reference.logits.numpy(), True)
     caches = reference.caches
     token = reference.logits.argmax(-1)

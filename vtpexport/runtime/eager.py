@@ -7,9 +7,10 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import UserError
+from ..graph.decoder import PrefillOutput
 from ..models.anyres import packing_index
 from ..models.loader import LoadedModel
-from ..recipe import Recipe
+from ..recipe import Recipe, ScheduleSpec
 from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles, per_image_token_count
 
 
@@ -56,6 +57,20 @@ def prepare(
 
 
 @torch.no_grad()
+def prefill(model: LoadedModel, batch: PreparedBatch, schedule: ScheduleSpec | None = None) -> PrefillOutput:
+    """The eager prefill of a prepared batch (one image token count per batch when pruning)."""
+    return model.graph.prefill(
+        batch.prefix_ids,
+        batch.image_embeds,
+        batch.suffix_ids,
+        batch.prefix_mask,
+        batch.image_mask,
+        batch.suffix_mask,
+        schedule,
+    )
+
+
+@torch.no_grad()
 def greedy_generate(
     model: LoadedModel,
     batch: PreparedBatch,
@@ -70,15 +85,7 @@ def greedy_generate(
     stops = default_stops(model.tokenizer) if stop_token_ids is None else stop_token_ids
 
     def generate_group(group: PreparedBatch) -> list[list[int]]:
-        out = graph.prefill(
-            group.prefix_ids,
-            group.image_embeds,
-            group.suffix_ids,
-            group.prefix_mask,
-            group.image_mask,
-            group.suffix_mask,
-            schedule,
-        )
+        out = prefill(model, group, schedule)
         state = {"caches": out.caches}
 
         def step(token: Tensor) -> Tensor:
