@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import tempfile
@@ -108,17 +109,16 @@ class Budget:
         return n
 
     def unreachable(self, method: str, floor: ScheduleSpec, how: str) -> UserError:
-        report = self.report(floor)
         return UserError(
             f"flops budget {float(self.fraction):g} is below what {method} can reach on {self.model.name}: "
-            f"the minimum is {_ceil(report.ratio, 4)} ({how})"
+            f"the minimum is {_ratio_up(self.report(floor))} ({how})"
         )
 
 
-def _ceil(value: float, digits: int) -> str:
-    """`value` rounded up at `digits` decimals, so that a budget of that size is reachable."""
+def _ratio_up(report: FlopsReport, digits: int = 4) -> str:
+    """The spent fraction rounded up at `digits` decimals: a budget of that value is reachable."""
     scale = 10**digits
-    return f"{-int(-value * scale // 1) / scale:.{digits}f}"
+    return f"{math.ceil(Fraction(report.total * scale, report.unpruned)) / scale:.{digits}f}"
 
 
 # --- PyramidDrop and FastV: solved without data ----------------------------------------------
@@ -300,7 +300,7 @@ def visual_masses(probs: Tensor, seq: Sequence) -> tuple[Tensor, Tensor]:
     """Per visual token j of batch row 0, from head-max probabilities (fp32): the mean attention
     of the text rows after the image (c_j) and of the visual rows (s_j) to j."""
     start, n = seq.image_start, seq.image_len
-    to_image = probs[0].amax(dim=0)[:, start : start + n].float()  # [S, n]
+    to_image = probs[0, :, :, start : start + n].amax(dim=0).float()  # [S, n]
     valid = seq.key_mask[0].to(to_image.dtype)
 
     def mean_of_rows(rows: slice) -> Tensor:
@@ -448,7 +448,7 @@ class FitPruneCalibrator:
         if not best.meets:
             raise UserError(
                 f"no alpha meets flops budget {float(self.budget.fraction):g} on this data: alpha = 1 reaches "
-                f"{_ceil(best.report.ratio, 4)}"
+                f"{_ratio_up(best.report)}"
             )
         return best, list(fits.values())
 
@@ -465,15 +465,14 @@ def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, devi
     from .runtime.batch import build_batch, image_tiles
     from .runtime.eager import check_recipe_applies
 
-    selector_recipe = None
-    if selector is not None:
-        selector_recipe = Recipe("selector", ModelRef(model.args.family, model.source.name, model.args.config_hash()))
-        selector_recipe = replace(selector_recipe, selector=selector)
-    check_recipe_applies(model, selector_recipe)
     graph, args = model.graph, model.args
+    if selector is not None:
+        check_recipe_applies(
+            model, Recipe("selector", ModelRef(args.family, model.source.name, args.config_hash()), selector)
+        )
 
     def embed(image: Image.Image) -> Tensor:
-        # runtime.eager.image_embeddings, with the tiles moved to the model's device.
+        # runtime.eager.image_embeddings, with the tiles moved to the model's device (it has no device).
         tiles, size = image_tiles(model.image_processor, args, image)
         tiles = tiles.to(device)
         if selector is not None:
