@@ -355,7 +355,8 @@ def calibrate(
 
     from rich.console import Console
 
-    from .calibrate import CalibrationRequest, calibrate, calibration_view, check_writable, write_recipe
+    from .calibrate import CalibrationRequest, calibration_view, check_writable, write_recipe
+    from .calibrate import calibrate as run_calibration
     from .recipe import SelectorSpec
 
     if selector is None and (selector_ratio is not None or selector_tokens is not None):
@@ -384,7 +385,7 @@ def calibrate(
         name=Path(out).stem if out else None,
     )
     out = check_writable(out or Path("recipes") / f"{request.recipe_name}.yaml")  # before the long part
-    result = calibrate(request, progress=True)
+    result = run_calibration(request, progress=True)
     path = write_recipe(result.recipe, out)
     Console().print(calibration_view(result))
     click.echo(f"wrote {path}")
