@@ -41,13 +41,11 @@ def worker(model: Path, data: Path, count: int, budget: str) -> dict:
     from vtpexport.calibrate import (
         Budget,
         FitPruneCalibrator,
-        load_samples,
         parse_budget,
         prepare_prompts,
-        read_dataset,
         reference_image,
-        select_records,
     )
+    from vtpexport.dataset import load_samples, read_dataset, select_records
     from vtpexport.models.loader import load_model
     from vtpexport.recipe import ModelRef
 

@@ -18,19 +18,17 @@ from vtpexport.calibrate import (
     FitPruneCalibrator,
     calibrate,
     default_stage_layers,
-    load_samples,
     lowest_removable,
     parse_budget,
     prepare_prompts,
-    read_dataset,
     reference_image,
-    select_records,
     solve_fastv,
     solve_pyramiddrop,
     total_mass,
     visual_masses,
 )
 from vtpexport.cli import main
+from vtpexport.dataset import load_samples, read_dataset, select_records
 from vtpexport.flops import paper_flops
 from vtpexport.graph.decoder import Sequence
 from vtpexport.models.loader import architecture
@@ -371,7 +369,7 @@ def test_unreadable_images_name_the_file_or_are_skipped(tmp_path):
 
 @pytest.mark.parametrize(
     "content, pattern",
-    [("", r"holds no calibration samples"), ('{"image": "a.png"}\n', r"data\.jsonl:1: expected a JSON object")],
+    [("", r"holds no samples"), ('{"image": "a.png"}\n', r"data\.jsonl:1: expected a JSON object")],
 )
 def test_empty_or_malformed_dataset(tmp_path, content, pattern):
     data = tmp_path / "data.jsonl"

@@ -15,11 +15,8 @@ model's reference image size. Every check against it is exact integer arithmetic
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,18 +29,16 @@ from PIL import Image
 from torch import Tensor
 
 from . import __version__
+from .dataset import Samples, load_samples, read_dataset, select_records
 from .errors import UserError
 from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
 from .graph.args import LlavaArgs
 from .graph.decoder import Decoder, DecoderLayer, Sequence
 from .models.anyres import num_image_tokens, num_tiles
-from .models.images import load_image
 from .pruning.ops import gather_tokens
 from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
 
 METHODS = ("fitprune", "pyramiddrop", "fastv")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-DEFAULT_QUESTIONS = ("Describe the image in detail.", "What is the main object in the picture?")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "calibration_data" / "calibration.jsonl"
 ALPHA_STEPS = 100  # alpha is searched on the grid k / 100
 STOP_RULES = ("recipe", "samples")
@@ -168,101 +163,6 @@ def solve_fastv(budget: Budget, layer: int) -> ScheduleSpec:
 
 
 # --- calibration data ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Record:
-    image: Path
-    question: str
-
-
-def read_dataset(path: str | Path) -> list[Record]:
-    """A JSONL of {"image": path relative to the file, "question": text}, or a folder of images
-    whose questions (one per line) are in its questions.txt; every image gets every question."""
-    path = Path(path)
-    if path.is_dir():
-        records = _read_folder(path)
-    elif path.is_file():
-        records = _read_jsonl(path)
-    else:
-        raise UserError(f"calibration data not found: {path}")
-    if not records:
-        raise UserError(f"{path} holds no calibration samples")
-    return records
-
-
-def _read_jsonl(path: Path) -> list[Record]:
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read calibration data {path}: {error}") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            image, question = row["image"], row["question"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{number}: expected a JSON object with 'image' and 'question'") from None
-        if not isinstance(image, str) or not isinstance(question, str) or not question.strip():
-            raise UserError(f"{path}:{number}: 'image' must be a path and 'question' a non-empty text")
-        records.append(Record(path.parent / image, question))
-    return records
-
-
-def _read_folder(folder: Path) -> list[Record]:
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    questions_file = folder / "questions.txt"
-    questions = DEFAULT_QUESTIONS
-    if questions_file.is_file():
-        questions = tuple(line.strip() for line in questions_file.read_text().splitlines() if line.strip())
-        if not questions:
-            raise UserError(f"{questions_file} holds no questions")
-    return [Record(image, question) for image in images for question in questions]
-
-
-def select_records(records: list[Record], count: int, seed: int) -> list[Record]:
-    """`count` records drawn with `seed` (all of them if there are not more), in file order."""
-    if count >= len(records):
-        return list(records)
-    return [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), count))]
-
-
-@dataclass
-class Samples:
-    images: list[Image.Image]
-    questions: list[str]
-    skipped: list[str]  # files that could not be read (with --skip-bad)
-    sha256: str  # of the image bytes and questions used, in order
-
-
-def load_samples(records: list[Record], skip_bad: bool = False) -> Samples:
-    """Decode every image now (a bad file fails before any model is loaded)."""
-    images, questions, skipped, decoded = [], [], [], {}
-    digest = hashlib.sha256()
-    for record in records:
-        if record.image not in decoded:
-            try:
-                decoded[record.image] = (load_image(record.image), _file_sha256(record.image))
-            except UserError:
-                if not skip_bad:
-                    raise
-                decoded[record.image] = None
-        if decoded[record.image] is None:
-            skipped.append(str(record.image))
-            continue
-        image, image_sha = decoded[record.image]
-        images.append(image)
-        questions.append(record.question)
-        digest.update(f"{image_sha}\n{record.question}\n".encode())
-    if not images:
-        raise UserError(f"no usable calibration samples: all {len(records)} were skipped as unreadable")
-    return Samples(images, questions, skipped, digest.hexdigest())
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --- FitPrune ----------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .dataset import load_samples, read_dataset
 from .errors import UserError
 from .export.manifest import changed_files, read_manifest
-from .models.images import load_image
 from .models.loader import load_model
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
 from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
@@ -66,26 +65,6 @@ def synthetic_samples() -> list[tuple[Image.Image, str]]:
     ]
 
 
-def read_samples(path: str | Path) -> list[tuple[Image.Image, str]]:
-    """A JSONL of {"image": path relative to the file, "question": text}."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
-    samples = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            image, question = row["image"], row["question"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{number}: expected a JSON object with 'image' and 'question'") from None
-        samples.append((load_image(path.parent / image), str(question)))
-    if not samples:
-        raise UserError(f"{path} holds no samples")
-    return samples
-
-
 def _model_for(manifest: dict, model_spec: str | None, weights: str | None):
     if model_spec is None:
         source = Path(manifest["model"]["source"])
@@ -116,7 +95,11 @@ def verify_export(
             f"not from {model.source.name} (config {model.args.config_hash()})"
         )
     recipe = runner.recipe
-    samples = read_samples(data) if data else synthetic_samples()
+    if data:
+        loaded = load_samples(read_dataset(data))
+        samples = list(zip(loaded.images, loaded.questions, strict=True))
+    else:
+        samples = synthetic_samples()
     images, questions = [s[0] for s in samples], [s[1] for s in samples]
     report.samples = len(samples)
     checks = {name: GraphCheck(name) for name in ("vision", "prefill", "decode")}
