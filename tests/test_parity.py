@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtpexport.models.builtin import write_builtin
 from vtpexport.models.loader import load_model
-from vtpexport.runtime.eager import greedy_generate, prepare
+from vtpexport.runtime.eager import greedy_generate, prefill, prepare
 
 FAMILIES = ["tiny-llava-1.5", "tiny-llava-next"]
 # Several aspect ratios, so LLaVA-NeXT goes through different tile grids and unpadding.
@@ -35,15 +35,7 @@ def hf_inputs(processor, image, question):
 
 def our_logits(model, images, questions):
     batch = prepare(model, images, questions, max_new_tokens=20)
-    with torch.no_grad():
-        out = model.graph.prefill(
-            batch.prefix_ids,
-            batch.image_embeds,
-            batch.suffix_ids,
-            batch.prefix_mask,
-            batch.image_mask,
-            batch.suffix_mask,
-        )
+    out = prefill(model, batch)
     return batch, out.logits
 
 
