@@ -362,27 +362,17 @@ def fitprune_floor(budget: Budget) -> ScheduleSpec:
 def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, device: torch.device, progress=iter):
     """Each sample at the LLM's input: prompt tokens embedded, image through the vision stage
     (and the selector), on `device`. One prompt per batch, so there is no padding."""
-    from .runtime.batch import build_batch, image_tiles
-    from .runtime.eager import check_recipe_applies
+    from .runtime.batch import build_batch
+    from .runtime.eager import check_recipe_applies, image_embeddings
 
     graph, args = model.graph, model.args
+    recipe = None
     if selector is not None:
-        check_recipe_applies(
-            model, Recipe("selector", ModelRef(args.family, model.source.name, args.config_hash()), selector)
-        )
+        recipe = Recipe("selector", ModelRef(args.family, model.source.name, args.config_hash()), selector)
+        check_recipe_applies(model, recipe)
 
     def embed(image: Image.Image) -> Tensor:
-        # runtime.eager.image_embeddings, with the tiles moved to the model's device (it has no device).
-        tiles, size = image_tiles(model.image_processor, args, image)
-        tiles = tiles.to(device)
-        if selector is not None:
-            return graph.select_image_tokens(tiles, selector).embeds[0]
-        features = graph.tile_features(tiles)
-        if args.family == "llava-next":
-            from .models.anyres import packing_index
-
-            return graph.pack_tiles(features, torch.from_numpy(packing_index(size, args)).to(device))
-        return features[0]
+        return image_embeddings(model, image, recipe)
 
     prompts = []
     with torch.inference_mode():
@@ -399,17 +389,16 @@ def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, devi
 
 
 def prompt_sequence(decoder: Decoder, batch, device: torch.device) -> Sequence:
-    """The [prefix | image | suffix] sequence `Decoder.prefill_prompt` builds, for a prepared batch."""
-    embed = decoder.embed_tokens
-    dtype = embed.weight.dtype
-    prefix, suffix = batch.prefix_ids.to(device), batch.suffix_ids.to(device)
-    image = batch.image_embeds.to(device, dtype)
-    x = torch.cat([embed(prefix), image, embed(suffix)], dim=1)
-    key_mask = torch.cat([batch.prefix_mask, batch.image_mask, batch.suffix_mask], dim=1).long().to(device)
-    positions = (key_mask.cumsum(-1) - 1).clamp(min=0)
-    n = image.shape[1]
-    image_ids = torch.arange(n, device=device)[None].expand(x.shape[0], n)
-    return Sequence(x, key_mask, positions, image_ids, prefix.shape[1], n)
+    """`Decoder.prompt_sequence` of a prepared batch, on `device`."""
+    fields = (
+        batch.prefix_ids,
+        batch.image_embeds,
+        batch.suffix_ids,
+        batch.prefix_mask,
+        batch.image_mask,
+        batch.suffix_mask,
+    )
+    return decoder.prompt_sequence(*(t.to(device) for t in fields))
 
 
 # --- the command -------------------------------------------------------------------------------

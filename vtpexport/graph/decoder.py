@@ -196,6 +196,28 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
+    def prompt_sequence(
+        self,
+        prefix_ids: Tensor,
+        image_embeds: Tensor,
+        suffix_ids: Tensor,
+        prefix_mask: Tensor,
+        image_mask: Tensor,
+        suffix_mask: Tensor,
+    ) -> Sequence:
+        """The [prefix | image | suffix] sequence entering the first layer.
+
+        prefix/suffix ids [B, P] / [B, T], image_embeds [B, N, D]; masks 1 = real token.
+        Positions count real tokens only, so padding anywhere leaves the answer unchanged.
+        """
+        dtype = self.embed_tokens.weight.dtype
+        embeds = torch.cat([self.embed_tokens(prefix_ids), image_embeds.to(dtype), self.embed_tokens(suffix_ids)], 1)
+        key_mask = torch.cat([prefix_mask, image_mask, suffix_mask], dim=1).long()
+        positions = (key_mask.cumsum(-1) - 1).clamp(min=0)
+        n = image_embeds.shape[1]
+        image_ids = torch.arange(n, device=embeds.device)[None].expand(embeds.shape[0], n)
+        return Sequence(embeds, key_mask, positions, image_ids, prefix_ids.shape[1], n)
+
     def prefill_prompt(
         self,
         prefix_ids: Tensor,
@@ -207,18 +229,11 @@ class Decoder(nn.Module):
         schedule: ScheduleSpec | None = None,
         replay: dict[int, Tensor] | None = None,
     ) -> PrefillOutput:
-        """prefix/suffix ids [B, P] / [B, T], image_embeds [B, N, D]; masks 1 = real token.
+        """Prefill of a prompt (see `prompt_sequence`) with the schedule's pruning.
 
-        Positions count real tokens only, so padding anywhere leaves the answer unchanged.
         replay: `kept_ids` of an earlier prefill, to keep the same image tokens again.
         """
-        dtype = self.embed_tokens.weight.dtype
-        embeds = torch.cat([self.embed_tokens(prefix_ids), image_embeds.to(dtype), self.embed_tokens(suffix_ids)], 1)
-        key_mask = torch.cat([prefix_mask, image_mask, suffix_mask], dim=1).long()
-        positions = (key_mask.cumsum(-1) - 1).clamp(min=0)
-        n = image_embeds.shape[1]
-        image_ids = torch.arange(n, device=embeds.device)[None].expand(embeds.shape[0], n)
-        seq = Sequence(embeds, key_mask, positions, image_ids, prefix_ids.shape[1], n)
+        seq = self.prompt_sequence(prefix_ids, image_embeds, suffix_ids, prefix_mask, image_mask, suffix_mask)
         result = self.prefill(seq, schedule, replay)
         return PrefillOutput(self.lm_head(result.hidden), result.caches, result.image_ids, result.kept_ids)
 

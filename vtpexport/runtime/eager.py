@@ -28,12 +28,14 @@ def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
 @torch.no_grad()
 def image_embeddings(model: LoadedModel, image: Image.Image, recipe: Recipe | None = None) -> Tensor:
     """The image's visual tokens [n, D] in prompt order, after the recipe's selector if any."""
+    device = model.graph.decoder.embed_tokens.weight.device
     tiles, size = image_tiles(model.image_processor, model.args, image)
+    tiles = tiles.to(device)
     if recipe is not None and recipe.selector is not None:
         return model.graph.select_image_tokens(tiles, recipe.selector).embeds[0]
     features = model.graph.tile_features(tiles)
     if model.args.family == "llava-next":
-        return model.graph.pack_tiles(features, torch.from_numpy(packing_index(size, model.args)))
+        return model.graph.pack_tiles(features, torch.from_numpy(packing_index(size, model.args)).to(device))
     return features[0]
 
 
