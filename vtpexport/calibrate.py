@@ -390,15 +390,7 @@ def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, devi
 
 def prompt_sequence(decoder: Decoder, batch, device: torch.device) -> Sequence:
     """`Decoder.prompt_sequence` of a prepared batch, on `device`."""
-    fields = (
-        batch.prefix_ids,
-        batch.image_embeds,
-        batch.suffix_ids,
-        batch.prefix_mask,
-        batch.image_mask,
-        batch.suffix_mask,
-    )
-    return decoder.prompt_sequence(*(t.to(device) for t in fields))
+    return decoder.prompt_sequence(*(t.to(device) for t in batch.prompt_tensors()))
 
 
 # --- the command -------------------------------------------------------------------------------

@@ -27,6 +27,17 @@ class PreparedBatch:
     parts: list[PromptParts]
     num_image_tokens: list[int]
 
+    def prompt_tensors(self) -> tuple[Tensor, ...]:
+        """The tensors in the order `Decoder.prompt_sequence` / `prefill_prompt` take them."""
+        return (
+            self.prefix_ids,
+            self.image_embeds,
+            self.suffix_ids,
+            self.prefix_mask,
+            self.image_mask,
+            self.suffix_mask,
+        )
+
 
 def image_tiles(image_processor, args: LlavaArgs, image: Image.Image) -> tuple[Tensor, tuple[int, int]]:
     """Pixel tiles [T, C, H, W] the vision tower takes, and the original (height, width)."""

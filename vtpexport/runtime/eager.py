@@ -61,15 +61,7 @@ def prepare(
 @torch.no_grad()
 def prefill(model: LoadedModel, batch: PreparedBatch, schedule: ScheduleSpec | None = None) -> PrefillOutput:
     """The eager prefill of a prepared batch (one image token count per batch when pruning)."""
-    return model.graph.prefill(
-        batch.prefix_ids,
-        batch.image_embeds,
-        batch.suffix_ids,
-        batch.prefix_mask,
-        batch.image_mask,
-        batch.suffix_mask,
-        schedule,
-    )
+    return model.graph.prefill(*batch.prompt_tensors(), schedule)
 
 
 @torch.no_grad()
