@@ -371,8 +371,8 @@ def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, devi
         recipe = Recipe("selector", ModelRef(args.family, model.source.name, args.config_hash()), selector)
         check_recipe_applies(model, recipe)
 
-    def embed(image: Image.Image) -> Tensor:
-        return image_embeddings(model, image, recipe)
+    def embed(image: Image.Image, question: str) -> Tensor:
+        return image_embeddings(model, image, recipe, question)
 
     prompts = []
     with torch.inference_mode():

@@ -8,6 +8,10 @@ from .errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16")
 BACKENDS = ("ort", "ort-cuda", "ort-trt")
+TEXT_ENCODER_HELP = (
+    "CLIP checkpoint folder (CLIPModel + tokenizer) for text-guided selectors (recover); "
+    "default: the model's CLIP, looked up like its weights."
+)
 
 
 class _Cli(click.Group):
@@ -52,6 +56,7 @@ def models() -> None:
 @click.option("--model", "model_spec", help="Alias, built-in model or local Hugging Face folder (eager run).")
 @click.option("--weights", type=str, default=None, help="Folder with the alias's weights (Hugging Face layout).")
 @click.option("--recipe", "recipe_path", default=None, help="Recipe YAML: run pruned (eager run).")
+@click.option("--text-encoder", default=None, help=TEXT_ENCODER_HELP)
 @click.option("--image", "image_path", required=True, help="Image file.")
 @click.option("--prompt", required=True, help="Question about the image.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
@@ -62,6 +67,7 @@ def run(
     model_spec: str | None,
     weights: str | None,
     recipe_path: str | None,
+    text_encoder: str | None,
     image_path: str,
     prompt: str,
     max_new_tokens: int,
@@ -76,8 +82,10 @@ def run(
 
     if (export_dir is None) == (model_spec is None):
         raise UserError("give either an export folder or --model (not both)")
-    if export_dir is not None and (recipe_path or weights):
-        raise UserError("--recipe and --weights apply to --model runs; an export folder has its recipe baked in")
+    if export_dir is not None and (recipe_path or weights or text_encoder):
+        raise UserError(
+            "--recipe, --weights and --text-encoder apply to --model runs; an export folder has them baked in"
+        )
     image = load_image(image_path)
     if not prompt.strip():
         raise UserError("empty prompt: pass a question with --prompt")
@@ -96,6 +104,10 @@ def run(
 
         recipe = Recipe.load(recipe_path) if recipe_path else None
         model = load_model(model_spec, weights, getattr(torch, dtype))
+        if text_encoder is not None:
+            from .models.text_encoder import attach_text_encoder
+
+            attach_text_encoder(model, text_encoder)
         batch = prepare(model, [image], [prompt], max_new_tokens, recipe)
         tokens = greedy_generate(model, batch, max_new_tokens, recipe=recipe)[0]
         tokenizer = model.tokenizer
@@ -115,6 +127,7 @@ def run(
 @click.option("--max-prompt-len", type=click.IntRange(1, 1 << 15), default=256, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1, 1 << 15), default=128, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--text-encoder", default=None, help=TEXT_ENCODER_HELP)
 def build(
     recipe_path,
     model_spec,
@@ -128,6 +141,7 @@ def build(
     max_prompt_len,
     max_new_tokens,
     force,
+    text_encoder,
 ) -> None:
     """Export vision / prefill / decode ONNX graphs with the recipe baked in, plus a manifest."""
     import time
@@ -147,7 +161,7 @@ def build(
         click.echo(f"[{time.monotonic() - start:6.1f}s] {message}", err=True)
 
     limits = ExportLimits(max_batch=max_batch, max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens)
-    folder = build_onnx(model_spec, recipe_path, out, weights, limits, opset, force, report)
+    folder = build_onnx(model_spec, recipe_path, out, weights, limits, opset, force, report, text_encoder)
     click.echo(f"wrote {folder}")
 
 

@@ -20,7 +20,9 @@ from .errors import UserError
 from .graph.args import LlavaArgs
 
 RECIPE_VERSION = 1
-SELECTORS = ("fopru-rank", "fopru-row", "prumerge", "prumerge+")
+SELECTORS = ("fopru-rank", "fopru-row", "prumerge", "prumerge+", "recover")
+# Selectors that score patches against the question: the export takes CLIP text embeddings.
+TEXT_GUIDED_SELECTORS = ("recover",)
 SCHEDULES = ("fitprune", "pyramiddrop", "fastv")
 POSITION_POLICY = {"fitprune": "original", "fastv": "original", "pyramiddrop": "renumbered"}
 
@@ -37,12 +39,16 @@ class SelectorSpec:
     fopru-rank / fopru-row: keep `ratio` of the tokens (rank) or of the patch-grid rows (row).
     prumerge / prumerge+: `tokens: K` keeps a fixed K (+1 merged token); without it the
     count is adaptive (IQR outliers, data-dependent: ONNX Runtime only).
+    recover: `tokens`, `text_tokens` and `merge_tokens` together fix the visual, text-recovered
+    and merged-centre counts (+1 aggregate token); without them all three are adaptive.
     """
 
     method: str
     ratio: float | None = None
     tokens: int | None = None
     order: str = "raster"  # prumerge: "raster" (ours) or "score" (reference order)
+    text_tokens: int | None = None
+    merge_tokens: int | None = None
 
     def validate(self) -> None:
         if self.method not in SELECTORS:
@@ -50,16 +56,28 @@ class SelectorSpec:
         if self.method.startswith("fopru"):
             if self.ratio is None or not 0 < self.ratio <= 1:
                 raise UserError(f"selector {self.method} needs ratio in (0, 1], got {self.ratio}")
-        elif self.tokens is not None and self.tokens < 0:
-            raise UserError(f"selector {self.method}: tokens must be >= 0, got {self.tokens}")
-        if self.method == "prumerge+" and self.tokens is not None:
-            raise UserError("prumerge+ has no fixed-budget form yet; use prumerge with tokens: K")
+        else:
+            counts = {"tokens": self.tokens, "text_tokens": self.text_tokens, "merge_tokens": self.merge_tokens}
+            for key, value in counts.items():
+                if value is not None and value < 0:
+                    raise UserError(f"selector {self.method}: {key} must be >= 0, got {value}")
+            if self.method == "recover":
+                if len({value is None for value in counts.values()}) > 1:
+                    raise UserError(
+                        "recover: give tokens, text_tokens and merge_tokens together (fixed budget) or none"
+                    )
+            elif self.text_tokens is not None or self.merge_tokens is not None:
+                raise UserError(f"selector {self.method} takes tokens only (text_tokens / merge_tokens are recover's)")
         if self.order not in ("raster", "score"):
             raise UserError(f"selector order must be 'raster' or 'score', got {self.order!r}")
 
     @property
     def adaptive(self) -> bool:
-        return self.method.startswith("prumerge") and self.tokens is None
+        return not self.method.startswith("fopru") and self.tokens is None
+
+    @property
+    def text_guided(self) -> bool:
+        return self.method in TEXT_GUIDED_SELECTORS
 
     def output_tokens(self, num_patches: int, grid_size: int) -> int | None:
         """Visual tokens entering the LLM; None when data-dependent."""
@@ -67,6 +85,9 @@ class SelectorSpec:
             return num_patches * ratio(self.ratio).numerator // ratio(self.ratio).denominator
         if self.method == "fopru-row":
             return grid_size * (grid_size * ratio(self.ratio).numerator // ratio(self.ratio).denominator)
+        if self.tokens is not None and self.method == "recover":
+            kept = min(self.tokens + self.text_tokens + self.merge_tokens, num_patches)
+            return kept + 1  # + the aggregate token
         if self.tokens is not None:
             return min(self.tokens, num_patches) + 1  # + the merged remainder token
         return None

@@ -13,6 +13,7 @@ from .dataset import load_samples, read_dataset
 from .errors import UserError
 from .export.manifest import changed_files, read_manifest
 from .models.loader import load_model
+from .models.text_encoder import attach_text_encoder
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
 from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
 from .runtime.ort import OrtRunner
@@ -103,9 +104,18 @@ def verify_export(
     images, questions = [s[0] for s in samples], [s[1] for s in samples]
     report.samples = len(samples)
     checks = {name: GraphCheck(name) for name in ("vision", "prefill", "decode")}
-    for image in images:
+    if manifest.get("text_encoder"):
+        attach_text_encoder(model, manifest["text_encoder"]["source"])
+        checks["text_encoder"] = GraphCheck("text_encoder")
+        for question in questions:
+            checks["text_encoder"].add(
+                runner.text_embeddings(question), model.text_encoder.embed([question]).numpy(), False
+            )
+    for image, question in samples:
         checks["vision"].add(
-            runner.image_embeddings(image).numpy(), image_embeddings(model, image, recipe).numpy(), False
+            runner.image_embeddings(image, question).numpy(),
+            image_embeddings(model, image, recipe, question).numpy(),
+            False,
         )
     batch = prepare(model, images, questions, max_new_tokens, recipe)
     schedule = recipe.schedule if recipe else None

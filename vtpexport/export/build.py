@@ -19,6 +19,7 @@ from .. import __version__
 from ..errors import UserError
 from ..flops import exact_prefill_macs, paper_flops
 from ..models.loader import load_model
+from ..models.text_encoder import TEXT_TOKENIZER, attach_text_encoder
 from ..recipe import Recipe
 from ..runtime.eager import check_recipe_applies
 from .lint import format_issues, lint_model
@@ -80,8 +81,10 @@ def build_onnx(
     opset: int = 18,
     force: bool = False,
     report: Callable[[str], None] = lambda message: None,
+    text_encoder: str | None = None,
 ) -> Path:
-    """Export vision, prefill and decode graphs with the recipe baked in; returns the folder."""
+    """Export vision, prefill and decode graphs with the recipe baked in (and CLIP's text tower
+    for a text-guided selector, from `text_encoder` or the model's default); returns the folder."""
     if not SUPPORTED_OPSETS[0] <= opset <= SUPPORTED_OPSETS[1]:
         raise UserError(f"--opset {opset} is outside {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[1]}")
     recipe = Recipe.load(recipe_path) if recipe_path else None
@@ -89,21 +92,28 @@ def build_onnx(
     if model_spec is None:
         raise UserError("pass --model (or a --recipe, whose model is used)")
     model = load_model(model_spec, weights, torch.float32)
+    if text_encoder is not None:
+        attach_text_encoder(model, text_encoder)
     check_recipe_applies(model, recipe)
+    text = model.text_encoder.module if model.text_encoder else None
     args = model.args
     if args.text.sliding_window is not None:
         raise UserError("sliding-window attention is not supported by the exporter yet (config sliding_window)")
     destination = Path(out) if out else default_output(recipe, model_spec)
     staging = _staging_folder(destination, force)
     try:
-        specs = graph_specs(args, recipe)
-        expressions = export_all(model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"))
+        specs = graph_specs(args, recipe, text=text.args if text else None)
+        expressions = export_all(
+            model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"), text
+        )
         for name in MODEL_FILES:
             if (model.source.folder / name).is_file():
                 shutil.copy2(model.source.folder / name, staging / name)
         if recipe:
             recipe.save(staging / "recipe.yaml")
-        ranges = dim_ranges(args, recipe, limits or ExportLimits())
+        if "text_encoder" in specs:
+            model.text_encoder.tokenizer.save_pretrained(staging / TEXT_TOKENIZER)
+        ranges = dim_ranges(args, recipe, limits or ExportLimits(), text.args if text else None)
         report("linting graphs for TensorRT")
         issues = [
             issue
@@ -143,6 +153,11 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> d
             "source": str(model.source.folder.resolve()),
         },
         "recipe": recipe.to_dict() if recipe else None,
+        "text_encoder": (
+            {"source": str(model.text_encoder.folder.resolve()), "tokenizer": TEXT_TOKENIZER}
+            if "text_encoder" in specs
+            else None
+        ),
         "position_policy": recipe.position_policy if recipe else "original",
         "layer_stage": stage_of_layer(schedule, args.text.num_layers),
         "graphs": {

@@ -11,28 +11,56 @@ from torch import Tensor, nn
 
 from ..graph.decoder import LayerCache
 from ..graph.llava import LlavaGraph
+from ..graph.text_encoder import ClipTextEncoder
 from ..recipe import Recipe
 from .spec import stage_of_layer
 
 
-class VisionGraph(nn.Module):
-    """LLaVA-1.5: pixels [B, C, H, W] -> (image_embeds [B, k, D], patch_index [B, k]).
-    LLaVA-NeXT: tiles [T, C, H, W] and packing_index [n] -> image_embeds [1, n, D]."""
+class TextEncoderGraph(nn.Module):
+    """CLIP text tower: question ids [B, S] -> text_embeds [B, P] (text-guided selectors)."""
 
-    def __init__(self, llava: LlavaGraph, recipe: Recipe | None):
+    def __init__(self, encoder: ClipTextEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.encoder(input_ids)
+
+
+class AnyresVisionGraph(nn.Module):
+    """LLaVA-NeXT: tiles [T, C, H, W] and packing_index [n] -> image_embeds [1, n, D]."""
+
+    def __init__(self, llava: LlavaGraph):
+        super().__init__()
+        self.llava = llava
+
+    def forward(self, pixel_values: Tensor, packing_index: Tensor) -> Tensor:
+        return self.llava.pack_tiles(self.llava.tile_features(pixel_values), packing_index)[None]
+
+
+class VisionGraph(nn.Module):
+    """LLaVA-1.5: pixels [B, C, H, W] (and text_embeds [B, P] for a text-guided selector)
+    -> (image_embeds [B, k, D], patch_index [B, k])."""
+
+    def __init__(self, llava: LlavaGraph, recipe: Recipe | None, visual_projection: nn.Module | None = None):
         super().__init__()
         self.llava = llava
         self.selector = recipe.selector if recipe else None
+        self.visual_projection = visual_projection
 
-    def forward(self, pixel_values: Tensor, packing_index: Tensor | None = None):
-        if packing_index is not None:
-            return self.llava.pack_tiles(self.llava.tile_features(pixel_values), packing_index)[None]
+    def forward(self, pixel_values: Tensor, text_embeds: Tensor | None = None):
         if self.selector is not None:
-            tokens = self.llava.select_image_tokens(pixel_values, self.selector)
+            tokens = self.llava.select_image_tokens(pixel_values, self.selector, text_embeds, self.visual_projection)
             return tokens.embeds, tokens.patch_index
         embeds = self.llava.tile_features(pixel_values)
         index = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
         return embeds, index
+
+
+def vision_graph(llava: LlavaGraph, recipe: Recipe | None, text_encoder: ClipTextEncoder | None) -> nn.Module:
+    if llava.args.family == "llava-next":
+        return AnyresVisionGraph(llava)
+    return VisionGraph(llava, recipe, text_encoder.visual_projection if text_encoder is not None else None)
 
 
 def _stage_outputs(caches: list[LayerCache], stages: list[int]) -> list[Tensor]:

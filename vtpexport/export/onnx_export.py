@@ -14,9 +14,10 @@ from torch import nn
 
 from ..errors import UserError
 from ..graph.llava import LlavaGraph
+from ..graph.text_encoder import ClipTextEncoder
 from ..models.anyres import num_tiles, packing_index
 from ..recipe import Recipe
-from .modules import DecodeGraph, PrefillGraph, VisionGraph
+from .modules import DecodeGraph, PrefillGraph, TextEncoderGraph, vision_graph
 from .spec import GraphSpec
 
 # ONNX Runtime 1.31 rejects the IR 14 that onnx 1.23 writes by default; TensorRT takes 10 too.
@@ -43,7 +44,9 @@ def _dynamic_shapes(module: nn.Module, spec: GraphSpec) -> tuple:
     return tuple(shapes)
 
 
-def example_inputs(llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, GraphSpec]) -> dict[str, tuple]:
+def example_inputs(
+    llava: LlavaGraph, recipe: Recipe | None, text_encoder: ClipTextEncoder | None = None
+) -> dict[str, tuple]:
     """Inputs for tracing: every dynamic dimension >= 2 and different from the others, so the
     exporter neither specialises a dimension to 1 nor merges two that merely look equal."""
     args = llava.args
@@ -56,8 +59,15 @@ def example_inputs(llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, Gr
         vision = (tiles.to(dtype), torch.from_numpy(packing_index(size, args)))
     else:
         vision = (torch.randn(2, args.vision.num_channels, side, side, generator=generator).to(dtype),)
+    inputs = {}
+    if text_encoder is not None:
+        text = text_encoder.args
+        ids = torch.randint(0, text.vocab_size, (2, 9), generator=generator)
+        inputs["text_encoder"] = (ids,)
+        with torch.no_grad():
+            vision += (text_encoder(ids).to(dtype),)
     with torch.no_grad():
-        embeds = VisionGraph(llava, recipe)(*vision)
+        embeds = vision_graph(llava, recipe, text_encoder)(*vision)
     image_embeds = embeds[0] if isinstance(embeds, tuple) else embeds
     # A token count with no small divisor: tracing at a multiple of 3 (say) lets the exporter
     # rewrite kept counts like n - n//3 over a private symbol that no dimension range bounds.
@@ -74,7 +84,7 @@ def example_inputs(llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, Gr
     num_layers = args.text.num_layers
     kv, stage_tensors = out[1 : 1 + 2 * num_layers], out[1 + 2 * num_layers :]
     decode = (out[0].argmax(-1, keepdim=True), *stage_tensors, *kv)
-    return {"vision": vision, "prefill": prefill, "decode": decode}
+    return inputs | {"vision": vision, "prefill": prefill, "decode": decode}
 
 
 def _quiet_exporter():
@@ -131,23 +141,35 @@ def _fix_names(path: Path, spec: GraphSpec) -> dict[str, str]:
 
 
 def export_all(
-    llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, GraphSpec], folder: Path, opset: int, on_graph=None
+    llava: LlavaGraph,
+    recipe: Recipe | None,
+    specs: dict[str, GraphSpec],
+    folder: Path,
+    opset: int,
+    on_graph=None,
+    text_encoder: ClipTextEncoder | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Export vision, prefill and decode into `folder`; `on_graph(name)` reports progress."""
+    """Export every graph of `specs` into `folder`; `on_graph(name)` reports progress.
+    `text_encoder` (CLIP's text tower) is exported when the specs include it."""
     if recipe is not None and recipe.selector is not None and recipe.selector.adaptive:
+        counts = "tokens, text_tokens and merge_tokens" if recipe.selector.text_guided else "tokens: K"
         raise UserError(
             f"selector {recipe.selector.method} without a token budget is data-dependent and cannot be exported "
-            "yet; set tokens: K in the recipe"
+            f"yet; set {counts} in the recipe"
         )
-    inputs = example_inputs(llava, recipe, specs)
-    modules = {"vision": VisionGraph, "prefill": PrefillGraph, "decode": DecodeGraph}
+    text_encoder = text_encoder if "text_encoder" in specs else None
+    inputs = example_inputs(llava, recipe, text_encoder)
+    modules = {
+        "text_encoder": lambda: TextEncoderGraph(text_encoder),
+        "vision": lambda: vision_graph(llava, recipe, text_encoder),
+        "prefill": lambda: PrefillGraph(llava, recipe),
+        "decode": lambda: DecodeGraph(llava, recipe),
+    }
     expressions = {}
     for name, spec in specs.items():
         if on_graph:
             on_graph(name)
-        expressions[name] = export_graph(
-            modules[name](llava, recipe), inputs[name], spec, folder / f"{name}.onnx", opset
-        )
+        expressions[name] = export_graph(modules[name](), inputs[name], spec, folder / f"{name}.onnx", opset)
     return expressions
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..graph.args import LlavaArgs
+from ..graph.text_encoder import ClipTextArgs
 from ..models.anyres import num_image_tokens
 from ..recipe import Recipe, ScheduleSpec
 
@@ -22,7 +23,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    name: str  # file stem: vision, prefill, decode
+    name: str  # file stem: vision, prefill, decode, text_encoder
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
@@ -47,7 +48,14 @@ def stage_of_layer(schedule: ScheduleSpec | None, num_layers: int) -> list[int]:
     return [sum(1 for start in starts if start <= layer) - 1 for layer in range(num_layers)]
 
 
-def vision_spec(args: LlavaArgs, dtype: str) -> GraphSpec:
+def text_encoder_spec(text: ClipTextArgs, dtype: str) -> GraphSpec:
+    """CLIP's text tower, for text-guided selectors: question ids -> joint-space embedding."""
+    inputs = (TensorSpec("text_input_ids", "int64", ("batch", "text_len")),)
+    return GraphSpec("text_encoder", inputs, (TensorSpec("text_embeds", dtype, ("batch", text.projection_dim)),))
+
+
+def vision_spec(args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None) -> GraphSpec:
+    """`text`: the CLIP text tower's arguments when the selector reads the question."""
     v, d = args.vision, args.text.hidden_size
     if args.family == "llava-next":
         inputs = (
@@ -56,6 +64,8 @@ def vision_spec(args: LlavaArgs, dtype: str) -> GraphSpec:
         )
         return GraphSpec("vision", inputs, (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
     inputs = (TensorSpec("pixel_values", dtype, ("batch", v.num_channels, v.image_size, v.image_size)),)
+    if text is not None:
+        inputs += (TensorSpec("text_embeds", dtype, ("batch", text.projection_dim)),)
     outputs = (
         TensorSpec("image_embeds", dtype, ("batch", "image_tokens", d)),
         TensorSpec("patch_index", "int64", ("batch", "image_tokens")),
@@ -115,8 +125,17 @@ def decode_spec(args: LlavaArgs, recipe: Recipe | None, dtype: str) -> GraphSpec
     return GraphSpec("decode", inputs, outputs)
 
 
-def graph_specs(args: LlavaArgs, recipe: Recipe | None, dtype: str = "float32") -> dict[str, GraphSpec]:
-    specs = (vision_spec(args, dtype), prefill_spec(args, recipe, dtype), decode_spec(args, recipe, dtype))
+def graph_specs(
+    args: LlavaArgs, recipe: Recipe | None, dtype: str = "float32", text: ClipTextArgs | None = None
+) -> dict[str, GraphSpec]:
+    """Every graph of the export; `text` (the CLIP text tower) is needed by text-guided selectors."""
+    text_guided = recipe is not None and recipe.selector is not None and recipe.selector.text_guided
+    if text_guided and text is None:
+        raise ValueError(f"selector {recipe.selector.method} needs the CLIP text encoder's arguments")
+    text = text if text_guided else None
+    specs = (vision_spec(args, dtype, text), prefill_spec(args, recipe, dtype), decode_spec(args, recipe, dtype))
+    if text is not None:
+        specs = (text_encoder_spec(text, dtype), *specs)
     return {spec.name: spec for spec in specs}
 
 
@@ -144,7 +163,9 @@ def max_tiles(args: LlavaArgs) -> int:
     return max((h // tile) * (w // tile) for h, w in args.image_grid_pinpoints) + 1
 
 
-def dim_ranges(args: LlavaArgs, recipe: Recipe | None, limits: ExportLimits) -> dict[str, tuple[int, int, int]]:
+def dim_ranges(
+    args: LlavaArgs, recipe: Recipe | None, limits: ExportLimits, text: ClipTextArgs | None = None
+) -> dict[str, tuple[int, int, int]]:
     """(min, opt, max) of every dynamic input dimension: the TensorRT optimization profiles."""
     n_min, n_opt, n_max = image_token_range(args, recipe)
     prompt = (1, limits.opt_prompt_len, limits.max_prompt_len)
@@ -168,6 +189,9 @@ def dim_ranges(args: LlavaArgs, recipe: Recipe | None, limits: ExportLimits) -> 
         ranges[f"past_len_{stage}"] = (low, min(opt, high), high)
     if args.family != "llava-next":
         del ranges["tiles"]
+    if text is not None and recipe is not None and recipe.selector is not None and recipe.selector.text_guided:
+        # BOS + EOS at least; questions longer than the tower's context are truncated.
+        ranges["text_len"] = (2, min(limits.opt_prompt_len, text.max_position_embeddings), text.max_position_embeddings)
     return ranges
 
 

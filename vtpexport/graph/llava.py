@@ -14,10 +14,19 @@ from torch import Tensor, nn
 
 from ..pruning.fopru import fopru_rank, fopru_row, fopru_significance
 from ..pruning.ops import gather_tokens, iqr_outliers
-from ..pruning.prumerge import adaptive_count, merge, plus_samples, prumerge_scores, select_outliers
+from ..pruning.prumerge import (
+    adaptive_count,
+    merge,
+    plus_fixed_budget,
+    plus_samples,
+    prumerge_scores,
+    select_outliers,
+)
+from ..pruning.recover import recover_adaptive, recover_fixed, text_affinity
 from ..recipe import SelectorSpec
 from .args import LlavaArgs
 from .decoder import Decoder, LayerCache, PrefillOutput
+from .text_encoder import patch_text_relevance
 from .vision import Projector, VisionTower
 
 
@@ -45,19 +54,29 @@ class LlavaGraph(nn.Module):
     def _select_strategy(self, features: Tensor) -> Tensor:
         return features[:, 1:] if self.args.vision_feature_select_strategy == "default" else features
 
-    def select_image_tokens(self, pixel_values: Tensor, selector: SelectorSpec) -> ImageTokens:
+    def select_image_tokens(
+        self,
+        pixel_values: Tensor,
+        selector: SelectorSpec,
+        text_embeds: Tensor | None = None,
+        visual_projection: nn.Module | None = None,
+    ) -> ImageTokens:
         """LLaVA-1.5 images [B, C, H, W] -> the selector's visual tokens, projected.
 
-        Adaptive PruMerge counts are per image, so those run one image at a time (B = 1).
+        Adaptive counts are per image, so those run one image at a time (B = 1). Text-guided
+        selectors take the question's CLIP text embeddings [B, P] and CLIP's visual projection.
         """
         a = self.args
         feature_layer = a.feature_layer_index
         method = selector.method
+        if selector.text_guided and (text_embeds is None or visual_projection is None):
+            raise ValueError(f"selector {method} needs the question's CLIP text embeddings")
         out = self.vision(
             pixel_values,
             feature_layer=feature_layer,
             attn_layer=feature_layer if method.startswith("fopru") else None,
-            qk_layer=feature_layer + 1 if method.startswith("prumerge") else None,
+            qk_layer=None if method.startswith("fopru") else feature_layer + 1,
+            last_layer=selector.text_guided,
         )
         patches = out.features[:, 1:]  # selectors score patches; CLS never enters the LLM
         n, grid = a.vision.num_patches, a.vision.grid_size
@@ -71,8 +90,18 @@ class LlavaGraph(nn.Module):
             )
             return ImageTokens(self.projector(gather_tokens(patches, kept)), kept)
         scores = prumerge_scores(out.query, out.key)
+        keys = out.key[:, 1:]
+        if method == "recover":
+            return self._recover(
+                patches, keys, scores, out.last_hidden[:, 1:], text_embeds, visual_projection, selector
+            )
         if selector.tokens is not None:
-            kept = select_outliers(scores, min(selector.tokens, n), selector.order)
+            budget = min(selector.tokens, n)
+            kept = (
+                select_outliers(scores, budget, selector.order)
+                if method == "prumerge"
+                else plus_fixed_budget(scores, budget)
+            )
         else:
             outliers = int(adaptive_count(scores)[0])
             if method == "prumerge":
@@ -81,9 +110,24 @@ class LlavaGraph(nn.Module):
                 chosen = iqr_outliers(scores)
                 chosen[:, plus_samples(n, outliers)] = True
                 kept = chosen[0].nonzero().flatten()[None]
-        merged = merge(patches, out.key[:, 1:], scores, kept)
+        merged = merge(patches, keys, scores, kept)
         index = torch.cat([kept, torch.full_like(kept[:, :1], -1)], dim=1)
         return ImageTokens(self.projector(merged), index)
+
+    def _recover(self, patches, keys, scores, last_hidden, text_embeds, visual_projection, selector) -> ImageTokens:
+        """Recoverable Compression: [selected patches | merged centres | aggregate], see pruning/recover.py."""
+        patch_embeds = visual_projection(self.vision.post_layernorm(last_hidden))
+        relevance = patch_text_relevance(text_embeds, patch_embeds)
+        if selector.tokens is None:
+            pick = recover_adaptive(scores, relevance)
+        else:
+            pick = recover_fixed(scores, relevance, selector.tokens, selector.text_tokens, selector.merge_tokens)
+        bonus = text_affinity(relevance, text_embeds.shape[-1])
+        merged = merge(patches, keys, scores, pick.centres, pool=pick.leftover, affinity_bonus=bonus)
+        tokens = torch.cat([gather_tokens(patches, pick.selected), merged], dim=1)
+        aggregate = torch.full_like(pick.selected[:, :1], -1)
+        index = torch.cat([pick.selected, pick.centres, aggregate], dim=1)
+        return ImageTokens(self.projector(tokens), index)
 
     def pack_tiles(self, tile_features: Tensor, layout: Tensor) -> Tensor:
         """LLaVA-NeXT: gather tile features (plus image_newline) into the image's token sequence.

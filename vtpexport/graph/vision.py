@@ -25,8 +25,11 @@ def activation(name: str):
 
 
 class VisionAttention(nn.Module):
-    def __init__(self, args: VisionArgs):
+    """CLIP attention; `causal` for CLIP's text tower, which shares the block with the vision tower."""
+
+    def __init__(self, args: VisionArgs, causal: bool = False):
         super().__init__()
+        self.causal = causal
         d = args.hidden_size
         self.num_heads = args.num_heads
         self.head_dim = args.head_dim
@@ -46,10 +49,13 @@ class VisionAttention(nn.Module):
         if return_probs:
             # Selectors need the probabilities themselves, so this path materialises them.
             scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
+            if self.causal:
+                future = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
+                scores = scores.masked_fill(future, float("-inf"))
             probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
             y = probs @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         y = y.transpose(1, 2).reshape(b, s, d)
         return self.out_proj(y), probs
 
@@ -66,10 +72,10 @@ class VisionMLP(nn.Module):
 
 
 class VisionBlock(nn.Module):
-    def __init__(self, args: VisionArgs):
+    def __init__(self, args: VisionArgs, causal: bool = False):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
-        self.self_attn = VisionAttention(args)
+        self.self_attn = VisionAttention(args, causal)
         self.layer_norm2 = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.mlp = VisionMLP(args)
 
@@ -87,6 +93,7 @@ class VisionOutput:
     attn_probs: Tensor | None = None  # [B, H, 1 + N, 1 + N] of `attn_layer`
     query: Tensor | None = None  # [B, 1 + N, D] q_proj of `qk_layer` on its layer_norm1 input
     key: Tensor | None = None  # [B, 1 + N, D] k_proj of `qk_layer` likewise
+    last_hidden: Tensor | None = None  # [B, 1 + N, D] output of the tower's last layer
 
 
 class VisionTower(nn.Module):
@@ -116,23 +123,29 @@ class VisionTower(nn.Module):
         feature_layer: int,
         attn_layer: int | None = None,
         qk_layer: int | None = None,
+        last_layer: bool = False,
     ) -> VisionOutput:
         """Run layers 0..feature_layer (0-based) and return that layer's output.
 
         attn_layer (<= feature_layer): also return that layer's attention probabilities.
         qk_layer (<= feature_layer + 1): also return that layer's q/k projections of its input.
+        last_layer: run the remaining layers too and return the last one's output.
         """
         x = self.embed(pixel_values)
         out = VisionOutput(features=x)
-        for index in range(feature_layer + 1):
+        layers = self.args.num_layers if last_layer else feature_layer + 1
+        for index in range(layers):
             if index == qk_layer:
                 out.query, out.key = self._qk(index, x)
             x, probs = self.layers[index](x, return_probs=index == attn_layer)
             if probs is not None:
                 out.attn_probs = probs
-        if qk_layer == feature_layer + 1:
+            if index == feature_layer:
+                out.features = x
+        if qk_layer == feature_layer + 1 and out.query is None:
             out.query, out.key = self._qk(qk_layer, x)
-        out.features = x
+        if last_layer:
+            out.last_hidden = x
         return out
 
     def _qk(self, index: int, x: Tensor) -> tuple[Tensor, Tensor]:

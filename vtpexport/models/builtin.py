@@ -175,15 +175,23 @@ def cache_root() -> Path:
 
 def builtin_folder(name: str) -> Path:
     """The built-in model's folder in the cache, written on first use (atomically)."""
-    # Keyed by this file's content, so changing how built-ins are made never reuses a stale copy.
-    fingerprint = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    return cached_folder(name, write_builtin, Path(__file__))
+
+
+def cached_folder(name: str, write, source: Path) -> Path:
+    """`write(name, folder)`'s output in the cache, written once (atomically).
+
+    Keyed by the content of `source`, the file that defines how it is made, so changing that
+    never reuses a stale copy.
+    """
+    fingerprint = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
     folder = cache_root() / "builtin" / f"{name}-{fingerprint}"
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     try:
-        write_builtin(name, staging)
+        write(name, staging)
         staging.rename(folder)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)

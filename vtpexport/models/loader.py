@@ -44,7 +44,7 @@ def _config_from_folder(folder: Path) -> PretrainedConfig:
         raise UserError(f"cannot read {folder / 'config.json'}: {error}") from None
 
 
-def _hf_cache_snapshot(repo_id: str) -> Path | None:
+def hf_cache_snapshot(repo_id: str) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -68,7 +68,7 @@ def _alias_folder(name: str, weights: str | None) -> tuple[Path | None, list[str
     from huggingface_hub.constants import HF_HUB_CACHE
 
     looked_in.append(f"Hugging Face cache {HF_HUB_CACHE} ({alias.repo_id})")
-    return _hf_cache_snapshot(alias.repo_id), looked_in
+    return hf_cache_snapshot(alias.repo_id), looked_in
 
 
 def resolve_model(spec: str, weights: str | None = None) -> ModelSource:
@@ -121,6 +121,7 @@ class LoadedModel:
     tokenizer: object
     image_processor: object
     chat_template: str
+    text_encoder: object = None  # models.text_encoder.TextEncoder, attached for text-guided selectors
 
 
 def load_model(spec: str, weights: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:

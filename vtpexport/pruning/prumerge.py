@@ -41,21 +41,54 @@ def plus_samples(num_tokens: int, outliers: int) -> Tensor:
     return torch.arange(0, num_tokens, stride)
 
 
-def merge(features: Tensor, patch_keys: Tensor, scores: Tensor, kept: Tensor) -> Tensor:
+def plus_fixed_budget(scores: Tensor, budget: int) -> Tensor:
+    """Fixed-budget PruMerge+ [B, budget], raster order: a static count for TensorRT.
+
+    PruMerge+ keeps about three uniform samples per outlier, so the uniform grid is the one the
+    reference would draw for budget // 4 outliers (stride widened until it fits the budget);
+    the highest-scoring tokens outside the grid fill the rest of the budget.
+    """
+    n = scores.shape[-1]
+    if budget == 0:
+        return scores.new_zeros(scores.shape[0], 0, dtype=torch.long)
+    stride = max((n // max(budget // 4, 1)) // 3, -(-n // budget), 1)
+    samples = torch.arange(0, n, stride, device=scores.device)
+    on_grid = torch.zeros(n, dtype=torch.bool, device=scores.device).index_fill(0, samples, True)
+    fill = torch.topk(scores.masked_fill(on_grid, float("-inf")), budget - samples.numel(), dim=-1).indices
+    grid = samples[None].expand(scores.shape[0], -1)
+    return torch.sort(torch.cat([grid, fill], dim=-1), dim=-1).values
+
+
+def merge(
+    features: Tensor,
+    patch_keys: Tensor,
+    scores: Tensor,
+    kept: Tensor,
+    pool: Tensor | None = None,
+    affinity_bonus: Tensor | None = None,
+) -> Tensor:
     """Token supplement: each kept token absorbs its nearest neighbours, plus one remainder token.
 
     features [B, N, C] (CLS dropped), patch_keys [B, N, C], scores a [B, N], kept [B, k].
     For kept i: y_i = x_i + sum over its 32 most key-similar other patches j of a_j x_j (raw a,
     as coded in the reference). z = sum over the pruned j of a_j x_j is appended: [B, k + 1, C].
+    pool [B, N] (default: every patch) limits both the neighbours and z to those patches;
+    affinity_bonus [B, N] is added to the key similarity when ranking neighbours.
     """
     b, n, _ = features.shape
+    if pool is None:
+        pool = torch.ones(b, n, dtype=torch.bool, device=features.device)
     keys = F.normalize(patch_keys.float(), dim=-1)
     similarity = gather_tokens(keys, kept) @ keys.transpose(-1, -2)  # [B, k, N]
-    similarity = similarity.scatter(-1, kept[..., None], float("-inf"))  # never its own neighbour
+    if affinity_bonus is not None:
+        similarity = similarity + affinity_bonus[:, None].float()
+    candidates = pool[:, None].expand(-1, kept.shape[1], -1).scatter(-1, kept[..., None], False)
+    similarity = similarity.masked_fill(~candidates, float("-inf"))  # never its own neighbour
     neighbours = torch.topk(similarity, min(NEIGHBOURS, n - 1), dim=-1).indices  # [B, k, K]
-    weights = torch.gather(scores[:, None].expand(-1, kept.shape[1], -1), 2, neighbours)
+    # When the pool holds fewer than K candidates, the extra picks are masked ones: weight 0.
+    weights = torch.gather(scores[:, None].expand(-1, kept.shape[1], -1) * candidates, 2, neighbours)
     neighbour_x = gather_tokens(features, neighbours.flatten(1)).view(*neighbours.shape, features.shape[-1])
     merged = gather_tokens(features, kept) + (weights[..., None].to(features.dtype) * neighbour_x).sum(dim=2)
-    pruned = torch.ones(b, n, dtype=scores.dtype, device=scores.device).scatter(1, kept, 0.0)
+    pruned = pool.to(scores.dtype).scatter(1, kept, 0.0)
     remainder = ((scores * pruned)[..., None].to(features.dtype) * features).sum(dim=1, keepdim=True)
     return torch.cat([merged, remainder], dim=1)

@@ -56,14 +56,15 @@ def build_batch(
     images: list[Image.Image],
     prompts: list[str],
     max_new_tokens: int,
-    embed_image: Callable[[Image.Image], Tensor],
+    embed_image: Callable[[Image.Image, str], Tensor],
 ) -> PreparedBatch:
-    """Prompts and images -> a left-padded batch; `embed_image` gives an image's tokens [n, D]."""
+    """Prompts and images -> a left-padded batch; `embed_image(image, prompt)` gives the image's
+    tokens [n, D] (text-guided selectors read the prompt)."""
     parts, embeds = [], []
     for image, prompt in zip(images, prompts, strict=True):
         text = format_prompt(tokenizer, prompt, chat_template)
         part = split_prompt(tokenizer, text, args.image_token_id)
-        embed = embed_image(image)
+        embed = embed_image(image, prompt)
         check_context(part, embed.shape[0], max_new_tokens, args.text.max_position_embeddings)
         parts.append(part)
         embeds.append(embed)

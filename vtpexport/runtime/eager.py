@@ -10,11 +10,14 @@ from ..errors import UserError
 from ..graph.decoder import PrefillOutput
 from ..models.anyres import packing_index
 from ..models.loader import LoadedModel
+from ..models.text_encoder import attach_text_encoder
 from ..recipe import Recipe, ScheduleSpec
 from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles, per_image_token_count
 
 
 def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
+    """The recipe is for this model; a text-guided selector gets the model's default CLIP text
+    encoder unless one was attached (`--text-encoder`)."""
     if recipe is None:
         return
     recipe.check_model(model.args, model.source.name)
@@ -23,15 +26,26 @@ def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
             f"selector {recipe.selector.method} is not supported on LLaVA-NeXT anyres images yet; "
             "use an in-LLM schedule (fitprune, pyramiddrop, fastv)"
         )
+    if recipe.selector and recipe.selector.text_guided and model.text_encoder is None:
+        attach_text_encoder(model, None)
 
 
 @torch.no_grad()
-def image_embeddings(model: LoadedModel, image: Image.Image, recipe: Recipe | None = None) -> Tensor:
-    """The image's visual tokens [n, D] in prompt order, after the recipe's selector if any."""
+def image_embeddings(
+    model: LoadedModel, image: Image.Image, recipe: Recipe | None = None, question: str | None = None
+) -> Tensor:
+    """The image's visual tokens [n, D] in prompt order, after the recipe's selector if any
+    (a text-guided selector reads the question)."""
     device = model.graph.decoder.embed_tokens.weight.device
     tiles, size = image_tiles(model.image_processor, model.args, image)
     tiles = tiles.to(device)
     if recipe is not None and recipe.selector is not None:
+        if recipe.selector.text_guided:
+            encoder = model.text_encoder
+            text = encoder.embed([question])
+            return model.graph.select_image_tokens(
+                tiles, recipe.selector, text, encoder.module.visual_projection
+            ).embeds[0]
         return model.graph.select_image_tokens(tiles, recipe.selector).embeds[0]
     features = model.graph.tile_features(tiles)
     if model.args.family == "llava-next":
@@ -54,7 +68,7 @@ def prepare(
         images,
         prompts,
         max_new_tokens,
-        lambda image: image_embeddings(model, image, recipe),
+        lambda image, question: image_embeddings(model, image, recipe, question),
     )
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from transformers import AutoConfig, AutoProcessor
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from ..errors import UserError
 from ..export.manifest import read_manifest
@@ -54,18 +54,33 @@ class OrtRunner:
             name: ort.InferenceSession(str(self.folder / graph["file"]), options, providers=providers)
             for name, graph in self.manifest["graphs"].items()
         }
+        text_encoder = self.manifest.get("text_encoder")
+        self.text_tokenizer = None
+        if text_encoder is not None:
+            self.text_tokenizer = AutoTokenizer.from_pretrained(self.folder / text_encoder["tokenizer"])
+            self.text_tokenizer.padding_side = "right"
+            self.text_len_max = self.manifest["dims"]["text_len"]["max"]
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.sessions[graph]
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds), strict=True))
 
-    def image_embeddings(self, image: Image.Image) -> Tensor:
-        """The image's visual tokens [n, D], from vision.onnx."""
+    def text_embeddings(self, question: str) -> np.ndarray:
+        """CLIP text embeddings [1, P] of the question, from text_encoder.onnx."""
+        ids = self.text_tokenizer([question], truncation=True, max_length=self.text_len_max, return_tensors="np")[
+            "input_ids"
+        ]
+        return self._run("text_encoder", {"text_input_ids": ids.astype(np.int64)})["text_embeds"]
+
+    def image_embeddings(self, image: Image.Image, question: str | None = None) -> Tensor:
+        """The image's visual tokens [n, D], from vision.onnx (a text-guided selector reads the question)."""
         tiles, size = image_tiles(self.image_processor, self.args, image)
         feeds = {"pixel_values": tiles.numpy().astype(np.float32)}
         if self.args.family == "llava-next":
             feeds["packing_index"] = packing_index(size, self.args)
+        if self.text_tokenizer is not None:
+            feeds["text_embeds"] = self.text_embeddings(question)
         return torch.from_numpy(self._run("vision", feeds)["image_embeds"][0])
 
     def prepare(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int) -> PreparedBatch:

@@ -1,0 +1,84 @@
+"""Recoverable Compression (Chen et al., banjiuyufen/Recoverable-Compression): text-guided recovery.
+
+1. Visual filter: PruMerge's CLS-attention outliers I_v.
+2. Text recovery: among the other patches, the outliers of the question-patch relevance t
+   (IQR fence; the reference fits sklearn's LocalOutlierFactor, which cannot run inside a graph)
+   are added back: I_t. Selected = I_v u I_t, in raster order.
+3. Secondary recovery: the patches left over are merged PruMerge-style into cluster centres (the
+   highest-scoring leftovers, their count again an IQR outlier count), neighbours ranked by key
+   cosine plus a text term, and one aggregate token of what no centre took.
+
+The fixed-budget form (`tokens`, `text_tokens`, `merge_tokens`) replaces each outlier count by a
+recipe constant, so every shape follows from the recipe (what TensorRT needs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .ops import iqr_outliers, topk_ascending
+
+# The reference ranks a centre's neighbours by key cosine + 50 * (text cosine / sqrt(P)).
+TEXT_AFFINITY_SCALE = 50.0
+
+
+@dataclass
+class RecoverSelection:
+    selected: Tensor  # [B, k] raster indices of the patches kept as they are (I_v u I_t)
+    centres: Tensor  # [B, c] raster indices of the leftover patches that absorb neighbours
+    leftover: Tensor  # [B, N] bool: patches neither selected (the merge pool)
+
+
+def text_affinity(relevance: Tensor, projection_dim: int) -> Tensor:
+    """The text term added to key cosine when centres pick neighbours."""
+    return TEXT_AFFINITY_SCALE * relevance * projection_dim**-0.5
+
+
+def _count_outliers_among(values: Tensor, among: Tensor) -> int:
+    """IQR outliers of one row's `values` restricted to `among` (eager, one image)."""
+    pool = values[0][among[0]]
+    return int(iqr_outliers(pool[None]).sum()) if pool.numel() else 0
+
+
+def _top(values: Tensor, allowed: Tensor, count: int) -> Tensor:
+    return topk_ascending(values.masked_fill(~allowed, float("-inf")), count)
+
+
+def _union(a: Tensor, b: Tensor) -> Tensor:
+    return torch.sort(torch.cat([a, b], dim=-1), dim=-1).values
+
+
+def _mask(indices: Tensor, n: int) -> Tensor:
+    return torch.zeros(indices.shape[0], n, dtype=torch.bool, device=indices.device).scatter(1, indices, True)
+
+
+def recover_adaptive(scores: Tensor, relevance: Tensor) -> RecoverSelection:
+    """Reference semantics, counts from the data: one image (B = 1) at a time."""
+    n = scores.shape[-1]
+    visual = iqr_outliers(scores)
+    visual_index = visual[0].nonzero().flatten()[None]
+    text_index = _top(relevance, ~visual, _count_outliers_among(relevance, ~visual))
+    selected = _union(visual_index, text_index)
+    leftover = ~_mask(selected, n)
+    centres = _top(scores, leftover, _count_outliers_among(scores, leftover))
+    return RecoverSelection(selected, centres, leftover)
+
+
+def recover_fixed(
+    scores: Tensor, relevance: Tensor, visual_tokens: int, text_tokens: int, merge_tokens: int
+) -> RecoverSelection:
+    """Fixed budget: the top `visual_tokens` by score, then the `text_tokens` most question-relevant
+    others, then `merge_tokens` centres; counts are clamped to what is left at each step."""
+    n = scores.shape[-1]
+    visual_tokens = min(visual_tokens, n)
+    text_tokens = min(text_tokens, n - visual_tokens)
+    merge_tokens = min(merge_tokens, n - visual_tokens - text_tokens)
+    visual_index = topk_ascending(scores, visual_tokens)
+    text_index = _top(relevance, ~_mask(visual_index, n), text_tokens)
+    selected = _union(visual_index, text_index)
+    leftover = ~_mask(selected, n)
+    centres = _top(scores, leftover, merge_tokens)
+    return RecoverSelection(selected, centres, leftover)
