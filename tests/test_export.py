@@ -98,6 +98,8 @@ SELECTORS = {
     "fopru-rank": SelectorSpec("fopru-rank", ratio=0.25),
     "fopru-row": SelectorSpec("fopru-row", ratio=0.5),
     "prumerge-k8": SelectorSpec("prumerge", tokens=8),
+    "prumerge+-k10": SelectorSpec("prumerge+", tokens=10),
+    "recover-fixed": SelectorSpec("recover", tokens=6, text_tokens=4, merge_tokens=3),
 }
 
 
@@ -109,6 +111,12 @@ def test_selector_export_matches_eager_reference(exports, selector):
     manifest = json.loads((folder / "manifest.json").read_text())
     planned = SELECTORS[selector].output_tokens(36, 6)
     assert manifest["dims"]["image_tokens"] == {"min": planned, "opt": planned, "max": planned}
+    text_guided = SELECTORS[selector].text_guided
+    assert ("text_encoder" in report.graphs) == text_guided == ("text_encoder" in manifest["graphs"])
+    if text_guided:
+        inputs = [t["name"] for t in manifest["graphs"]["vision"]["inputs"]]
+        assert inputs == ["pixel_values", "text_embeds"]
+        assert (folder / manifest["text_encoder"]["tokenizer"] / "tokenizer.json").is_file()
 
 
 def test_manifest_describes_stages_and_dimensions(exports):
