@@ -150,6 +150,26 @@ def test_unknown_length_is_reported():
     assert any(i.op_type == "TopK" and "could not bound K" in i.message for i in issues)
 
 
+def test_topk_with_k_computed_from_values_is_reported():
+    """An adaptive outlier count: K = ReduceSum(scores > threshold)."""
+    inputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, "n"])]
+    init = [numpy_helper.from_array(np.array(0.5, dtype=np.float32), "threshold")]
+    nodes = [
+        helper.make_node("Greater", ["scores", "threshold"], ["above"], name="above"),
+        helper.make_node("Cast", ["above"], ["above_int"], name="cast", to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["above_int"], ["count"], name="count", keepdims=1),
+        helper.make_node("Reshape", ["count", "one"], ["k"], name="k"),
+        helper.make_node("TopK", ["scores", "k"], ["values", "indices"], name="topk", axis=-1),
+    ]
+    init.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "one"))
+    outputs = [helper.make_tensor_value_info("indices", TensorProto.INT64, [2, None])]
+    issues = lint(make_model(nodes, inputs, outputs, init), {"n": (2, 50, 100)})
+    assert [(i.node, i.op_type) for i in issues] == [("topk", "TopK")]
+    assert "computed from tensor values" in issues[0].message
+    # Shape arithmetic stays allowed (length // 2 in topk_model).
+    assert lint(topk_model("n"), {"n": (2, 50, 100)}) == []
+
+
 def test_topk_is_not_checked_for_onnx_runtime():
     assert lint(topk_model("n"), {"n": (2, 576, 5000)}, for_tensorrt=False) == []
 

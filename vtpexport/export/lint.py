@@ -7,7 +7,9 @@ TensorRT ONNX parser or builder would otherwise only report on a GPU machine:
 - for TensorRT: no op whose output length depends on tensor values (NonZero, Compress,
   Unique, NonMaxSuppression) and no value-dependent control flow (If, Loop), subgraphs
   included;
-- for TensorRT: every TopK's K stays <= 3840 over the declared dimension ranges;
+- for TensorRT: every TopK's K derives from shapes and constants only (a K computed from
+  tensor values, like an adaptive outlier count, is a data-dependent shape) and stays
+  <= 3840 over the declared dimension ranges;
 - the IR version is one ONNX Runtime loads (<= 10) and the default-domain opset is in range;
 - every dynamic input dimension is named and has a valid (min, opt, max) range.
 
@@ -217,22 +219,40 @@ def _check_inputs(graph: onnx.GraphProto, dim_ranges: Mapping[str, object], name
 # --- node checks -----------------------------------------------------------------------
 
 
+# Ops that compute a shape-derived value from shape-derived inputs (shape arithmetic).
+SHAPE_ARITHMETIC_OPS = frozenset(
+    "Gather Slice Concat Unsqueeze Squeeze Cast Add Sub Mul Div Floor Ceil Min Max Reshape Identity "
+    "Neg Abs Mod Equal Less Greater Where Range Expand".split()
+)
+
+
 @dataclass(frozen=True)
 class _Scope:
     types: Mapping[str, onnx.TypeProto]  # every value visible here, outer graphs included
     constants: Mapping[str, onnx.TensorProto]
+    shape_derived: frozenset[str]  # values computed from shapes and constants only
 
 
 def _walk(
-    graph: onnx.GraphProto, types: ChainMap, constants: ChainMap, prefix: str
+    graph: onnx.GraphProto,
+    types: ChainMap,
+    constants: ChainMap,
+    prefix: str,
+    outer_derived: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[onnx.NodeProto, str, _Scope]]:
     """Every node of `graph` and of its subgraphs, with a label and the values it can see."""
     types = types.new_child({v.name: v.type for v in (*graph.input, *graph.output, *graph.value_info)})
     constants = constants.new_child({t.name: t for t in graph.initializer})
+    derived = set(outer_derived) | {t.name for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS and node.output:
             constants[node.output[0]] = _constant_tensor(node)
-    scope = _Scope(types, constants)
+        from_shapes = node.op_type in ("Constant", "Shape", "Size") or (
+            node.op_type in SHAPE_ARITHMETIC_OPS and all(not name or name in derived for name in node.input)
+        )
+        if from_shapes:
+            derived.update(node.output)
+    scope = _Scope(types, constants, frozenset(derived))
     for index, node in enumerate(graph.node):
         label = prefix + (node.name or f"<unnamed {node.op_type} #{index}>")
         yield node, label, scope
@@ -240,7 +260,7 @@ def _walk(
             subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
             for i, sub in enumerate(subgraphs):
                 where = attr.name if len(subgraphs) == 1 else f"{attr.name}[{i}]"
-                yield from _walk(sub, types, constants, f"{label}/{where}/")
+                yield from _walk(sub, types, constants, f"{label}/{where}/", scope.shape_derived)
 
 
 def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -281,6 +301,11 @@ def _check_topk(node: onnx.NodeProto, scope: _Scope, bounds: Mapping[str, tuple[
         if k > TOPK_MAX_K:
             return f"K is the constant {k}, above TensorRT's TopK limit K <= {TOPK_MAX_K}"
         return None
+    if node.input[1] not in scope.shape_derived:
+        return (
+            f"K ('{node.input[1]}') is computed from tensor values, a data-dependent shape TensorRT does not "
+            "take; derive kept counts from input shapes or recipe constants"
+        )
 
     axis = attrs["axis"].i if "axis" in attrs else -1
     dims = _shape(scope.types.get(node.input[0]))

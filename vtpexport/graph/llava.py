@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..pruning.fopru import fopru_rank, fopru_row, fopru_significance
-from ..pruning.ops import gather_tokens, iqr_outliers
+from ..pruning.ops import data_dependent_count, gather_tokens, iqr_outliers
 from ..pruning.prumerge import (
     adaptive_count,
     merge,
@@ -103,7 +103,7 @@ class LlavaGraph(nn.Module):
                 else plus_fixed_budget(scores, budget)
             )
         else:
-            outliers = int(adaptive_count(scores)[0])
+            outliers = data_dependent_count(adaptive_count(scores)[0], n)
             if method == "prumerge":
                 kept = select_outliers(scores, outliers, selector.order)
             else:

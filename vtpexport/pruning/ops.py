@@ -29,10 +29,35 @@ def quantile_linear(values: Tensor, q: float) -> Tensor:
     return ordered[..., low] + (ordered[..., high] - ordered[..., low]) * fraction
 
 
-def iqr_outliers(values: Tensor) -> Tensor:
-    """Mask [B, N] of values above Q3 + 1.5 (Q3 - Q1), per row."""
-    q1, q3 = quantile_linear(values, 0.25), quantile_linear(values, 0.75)
-    return values > (q3 + 1.5 * (q3 - q1))[..., None]
+def masked_quantile_linear(values: Tensor, among: Tensor, q: float) -> Tensor:
+    """quantile_linear over the entries where `among` [B, N] is True; their number varies by row,
+    so the interpolation positions are tensors (no data-dependent shape)."""
+    ordered = torch.sort(values.masked_fill(~among, float("inf")), dim=-1).values
+    count = among.sum(dim=-1, keepdim=True)
+    position = q * (count - 1).clamp(min=0).to(values.dtype)
+    low = position.floor().long()
+    high = torch.minimum(low + 1, (count - 1).clamp(min=0))
+    below, above = torch.gather(ordered, -1, low), torch.gather(ordered, -1, high)
+    return (below + (above - below).nan_to_num(0.0) * (position - low))[..., 0]
+
+
+def iqr_outliers(values: Tensor, among: Tensor | None = None) -> Tensor:
+    """Mask [B, N] of values above Q3 + 1.5 (Q3 - Q1), per row; with `among`, the quartiles and
+    the outliers are those of the entries `among` marks."""
+    if among is None:
+        q1, q3 = quantile_linear(values, 0.25), quantile_linear(values, 0.75)
+        return values > (q3 + 1.5 * (q3 - q1))[..., None]
+    q1, q3 = masked_quantile_linear(values, among, 0.25), masked_quantile_linear(values, among, 0.75)
+    return among & (values > (q3 + 1.5 * (q3 - q1))[..., None])
+
+
+def data_dependent_count(count: Tensor, upper: int) -> int:
+    """A count computed from tensor values (a 0-d tensor) as an int: a plain int when eager, a
+    symbol bounded to [0, upper] under export (adaptive selectors; ONNX Runtime only)."""
+    value = count.item()
+    torch._check(value >= 0)
+    torch._check(value <= upper)
+    return value
 
 
 def gather_tokens(x: Tensor, index: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .ops import iqr_outliers, topk_ascending
+from .ops import data_dependent_count, iqr_outliers, topk_ascending
 
 # The reference ranks a centre's neighbours by key cosine + 50 * (text cosine / sqrt(P)).
 TEXT_AFFINITY_SCALE = 50.0
@@ -37,10 +37,9 @@ def text_affinity(relevance: Tensor, projection_dim: int) -> Tensor:
     return TEXT_AFFINITY_SCALE * relevance * projection_dim**-0.5
 
 
-def _count_outliers_among(values: Tensor, among: Tensor) -> int:
-    """IQR outliers of one row's `values` restricted to `among` (eager, one image)."""
-    pool = values[0][among[0]]
-    return int(iqr_outliers(pool[None]).sum()) if pool.numel() else 0
+def _outlier_count(values: Tensor, among: Tensor) -> int:
+    """IQR outliers of one image's `values` among the entries `among` marks (data-dependent)."""
+    return data_dependent_count(iqr_outliers(values, among)[0].sum(), values.shape[-1])
 
 
 def _top(values: Tensor, allowed: Tensor, count: int) -> Tensor:
@@ -58,12 +57,12 @@ def _mask(indices: Tensor, n: int) -> Tensor:
 def recover_adaptive(scores: Tensor, relevance: Tensor) -> RecoverSelection:
     """Reference semantics, counts from the data: one image (B = 1) at a time."""
     n = scores.shape[-1]
-    visual = iqr_outliers(scores)
-    visual_index = visual[0].nonzero().flatten()[None]
-    text_index = _top(relevance, ~visual, _count_outliers_among(relevance, ~visual))
+    visual_index = topk_ascending(scores, _outlier_count(scores, torch.ones_like(scores, dtype=torch.bool)))
+    rest = ~_mask(visual_index, n)
+    text_index = _top(relevance, rest, _outlier_count(relevance, rest))
     selected = _union(visual_index, text_index)
     leftover = ~_mask(selected, n)
-    centres = _top(scores, leftover, _count_outliers_among(scores, leftover))
+    centres = _top(scores, leftover, _outlier_count(scores, leftover))
     return RecoverSelection(selected, centres, leftover)
 
 
