@@ -14,7 +14,7 @@ from vtpexport.cli import main
 from vtpexport.export.build import build_onnx
 from vtpexport.models.loader import load_model
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
-from vtpexport.runtime.eager import greedy_generate, prepare
+from vtpexport.runtime.eager import check_recipe_applies, greedy_generate, image_embeddings, prepare
 from vtpexport.runtime.ort import OrtRunner
 from vtpexport.verify import verify_export
 
@@ -117,6 +117,29 @@ def test_selector_export_matches_eager_reference(exports, selector):
         inputs = [t["name"] for t in manifest["graphs"]["vision"]["inputs"]]
         assert inputs == ["pixel_values", "text_embeds"]
         assert (folder / manifest["text_encoder"]["tokenizer"] / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("method", ["prumerge+", "recover"])
+def test_adaptive_selector_exports_for_onnx_runtime_only(exports, method):
+    folder = exports("tiny-llava-1.5", f"{method}-adaptive", selector=SelectorSpec(method))
+    report = verify_export(folder, max_new_tokens=10)
+    assert report.passed, report
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["tensorrt"]["compatible"] is False and "tokens" in manifest["tensorrt"]["reason"]
+    assert manifest["graphs"]["vision"]["inputs"][0]["dims"][0] == 1  # one image per call
+    # The count really is computed per image, not frozen at the traced example's.
+    runner, model = OrtRunner(folder), load_model("tiny-llava-1.5")
+    check_recipe_applies(model, runner.recipe)  # attaches the text encoder recover reads
+    counts = []
+    for seed in range(6):
+        image = random_image(48 + 7 * seed, 90, seed)
+        exported = runner.image_embeddings(image, QUESTION)
+        reference = image_embeddings(model, image, runner.recipe, QUESTION)
+        assert exported.shape == reference.shape
+        counts.append(exported.shape[0])
+    assert len(set(counts)) > 1, counts
+    result = invoke("lint", folder)
+    assert result.exit_code == 1 and "vision.onnx" in result.output and "ONNX Runtime only" in result.output
 
 
 def test_manifest_describes_stages_and_dimensions(exports):

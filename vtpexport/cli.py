@@ -216,6 +216,9 @@ def lint(export_dir: str) -> None:
         issues += lint_model(path, graph_name=graph["file"], dim_ranges=ranges)
     if issues:
         click.echo(format_issues(issues).rstrip())
+        reason = (manifest.get("tensorrt") or {}).get("reason")
+        if reason:
+            click.echo(f"this export is for ONNX Runtime only: {reason}")
         raise SystemExit(1)
     click.echo(f"{len(manifest['graphs'])} graphs pass the TensorRT lint")
 

@@ -114,12 +114,19 @@ def build_onnx(
         if "text_encoder" in specs:
             model.text_encoder.tokenizer.save_pretrained(staging / TEXT_TOKENIZER)
         ranges = dim_ranges(args, recipe, limits or ExportLimits(), text.args if text else None)
+        onnx_runtime_only = _onnx_runtime_only(recipe)
+        if onnx_runtime_only:
+            report(f"note: {onnx_runtime_only}")
         report("linting graphs for TensorRT")
         issues = [
             issue
             for name in specs
             for issue in lint_model(
-                staging / f"{name}.onnx", graph_name=f"{name}.onnx", dim_ranges=ranges, opset_range=SUPPORTED_OPSETS
+                staging / f"{name}.onnx",
+                graph_name=f"{name}.onnx",
+                dim_ranges=ranges,
+                opset_range=SUPPORTED_OPSETS,
+                for_tensorrt=not (onnx_runtime_only and name == "vision"),
             )
         ]
         if issues:
@@ -132,12 +139,32 @@ def build_onnx(
     return destination
 
 
+def _onnx_runtime_only(recipe: Recipe | None) -> str | None:
+    """Why the export cannot become TensorRT engines, or None when it can."""
+    if recipe is None or recipe.selector is None or not recipe.selector.adaptive:
+        return None
+    counts = "tokens, text_tokens and merge_tokens" if recipe.selector.text_guided else "tokens: K"
+    return (
+        f"adaptive {recipe.selector.method} keeps a data-dependent number of tokens: vision.onnx runs on "
+        f"ONNX Runtime (one image per call), not TensorRT; set {counts} in the recipe for TensorRT"
+    )
+
+
 def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> dict:
     args = model.args
     schedule = recipe.schedule if recipe else None
     n_min, n_opt, n_max = image_token_range(args, None)
-    paper = paper_flops(args, recipe, n_opt)
-    exact = exact_prefill_macs(args, recipe, n_opt, 32, 32)
+    if _onnx_runtime_only(recipe):
+        flops = {"image_tokens": n_opt, "data_dependent": "the adaptive selector's token count varies per image"}
+    else:
+        paper = paper_flops(args, recipe, n_opt)
+        exact = exact_prefill_macs(args, recipe, n_opt, 32, 32)
+        flops = {
+            "image_tokens": n_opt,
+            "paper_convention_macs": paper.total,
+            "paper_convention_unpruned_macs": paper.unpruned,
+            "exact_prefill_macs": asdict(exact) | {"total": exact.total, "prefix_len": 32, "suffix_len": 32},
+        }
     return {
         "name": recipe.name if recipe else f"{model_spec}-unpruned",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -153,6 +180,7 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> d
             "source": str(model.source.folder.resolve()),
         },
         "recipe": recipe.to_dict() if recipe else None,
+        "tensorrt": {"compatible": _onnx_runtime_only(recipe) is None, "reason": _onnx_runtime_only(recipe)},
         "text_encoder": (
             {"source": str(model.text_encoder.folder.resolve()), "tokenizer": TEXT_TOKENIZER}
             if "text_encoder" in specs
@@ -173,10 +201,5 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> d
             "prompt": "the prompt's <image> marks where image_embeds go: prefix_ids before, suffix_ids after; "
             "no placeholder tokens are fed to the graphs",
         },
-        "flops": {
-            "image_tokens": n_opt,
-            "paper_convention_macs": paper.total,
-            "paper_convention_unpruned_macs": paper.unpruned,
-            "exact_prefill_macs": asdict(exact) | {"total": exact.total, "prefix_len": 32, "suffix_len": 32},
-        },
+        "flops": flops,
     }

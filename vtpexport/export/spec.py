@@ -54,8 +54,9 @@ def text_encoder_spec(text: ClipTextArgs, dtype: str) -> GraphSpec:
     return GraphSpec("text_encoder", inputs, (TensorSpec("text_embeds", dtype, ("batch", text.projection_dim)),))
 
 
-def vision_spec(args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None) -> GraphSpec:
-    """`text`: the CLIP text tower's arguments when the selector reads the question."""
+def vision_spec(args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None, adaptive: bool = False) -> GraphSpec:
+    """`text`: the CLIP text tower's arguments when the selector reads the question.
+    `adaptive`: the selector's count depends on the image, so the graph takes one image at a time."""
     v, d = args.vision, args.text.hidden_size
     if args.family == "llava-next":
         inputs = (
@@ -63,12 +64,13 @@ def vision_spec(args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None) -
             TensorSpec("packing_index", "int64", ("image_tokens",)),
         )
         return GraphSpec("vision", inputs, (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
-    inputs = (TensorSpec("pixel_values", dtype, ("batch", v.num_channels, v.image_size, v.image_size)),)
+    batch = 1 if adaptive else "batch"
+    inputs = (TensorSpec("pixel_values", dtype, (batch, v.num_channels, v.image_size, v.image_size)),)
     if text is not None:
-        inputs += (TensorSpec("text_embeds", dtype, ("batch", text.projection_dim)),)
+        inputs += (TensorSpec("text_embeds", dtype, (batch, text.projection_dim)),)
     outputs = (
-        TensorSpec("image_embeds", dtype, ("batch", "image_tokens", d)),
-        TensorSpec("patch_index", "int64", ("batch", "image_tokens")),
+        TensorSpec("image_embeds", dtype, (batch, "image_tokens", d)),
+        TensorSpec("patch_index", "int64", (batch, "image_tokens")),
     )
     return GraphSpec("vision", inputs, outputs)
 
@@ -133,7 +135,12 @@ def graph_specs(
     if text_guided and text is None:
         raise ValueError(f"selector {recipe.selector.method} needs the CLIP text encoder's arguments")
     text = text if text_guided else None
-    specs = (vision_spec(args, dtype, text), prefill_spec(args, recipe, dtype), decode_spec(args, recipe, dtype))
+    adaptive = recipe is not None and recipe.selector is not None and recipe.selector.adaptive
+    specs = (
+        vision_spec(args, dtype, text, adaptive),
+        prefill_spec(args, recipe, dtype),
+        decode_spec(args, recipe, dtype),
+    )
     if text is not None:
         specs = (text_encoder_spec(text, dtype), *specs)
     return {spec.name: spec for spec in specs}
