@@ -389,3 +389,38 @@ def calibrate(
     path = write_recipe(result.recipe, out)
     Console().print(calibration_view(result))
     click.echo(f"wrote {path}")
+
+
+@main.command(name="eval")
+@click.argument("candidates", nargs=-1, required=True, metavar="DIR_OR_RECIPE...")
+@click.option("--data", required=True, help='JSONL of {"image", "question", optional "answer" and "type"}.')
+@click.option("--model", "model_spec", default=None, help="Unpruned reference (default: the first argument's model).")
+@click.option("--weights", default=None, help="Folder with the alias's weights.")
+@click.option("--out", "out_path", default=None, metavar="FILE.json", help="Write the full results as JSON.")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png", help="Write accuracy (or agreement) vs FLOPs.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate the first N rows only.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=8, show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True, help="For export folders.")
+def evaluate(candidates, data, model_spec, weights, out_path, plot_path, limit, max_new_tokens, backend) -> None:
+    """Accuracy, agreement with the unpruned model and first-token KL of exports and recipes.
+
+    Each argument is an export folder (run with ONNX Runtime) or a recipe (run eagerly); all
+    are compared against the unpruned model, run eagerly once.
+    """
+    from rich.console import Console
+
+    from .eval import evaluate as run_evaluation
+    from .eval import pareto_points, summary_view
+    from .files import check_writable
+    from .viz import plot_pareto
+
+    for path, what in ((out_path, "the results"), (plot_path, "the plot")):
+        if path:
+            check_writable(path, what)  # before the long part
+    report = run_evaluation(list(candidates), data, model_spec, weights, limit, max_new_tokens, backend, progress=True)
+    Console().print(summary_view(report))
+    if out_path:
+        click.echo(f"wrote {report.write_json(out_path)}")
+    if plot_path:
+        plot_pareto(pareto_points(report), plot_path, f"{report.model}: {report.samples} samples", report.metric)
+        click.echo(f"wrote {plot_path}")

@@ -1,16 +1,14 @@
-"""Views of a recipe's compute: the per-layer FLOPs table and the token-pyramid plot."""
+"""Views: a recipe's per-layer FLOPs table and token-pyramid plot, the accuracy/FLOPs Pareto plot."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .errors import UserError
+from .files import write_atomically
 from .flops import ExactMacs, FlopsReport
 
 
@@ -91,15 +89,8 @@ def plot_token_pyramid(paper: FlopsReport, path: str | Path, title: str) -> None
     Written to a temporary file in the same folder and renamed into place, so `path` is
     either the complete old file or the complete new one.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"cannot write the plot to {path}: it is a folder; name a .png file")
     layers = [row.layer for row in paper.layers]
-    figure = Figure(figsize=(8, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _new_figure(8, 4.5)
     axes = figure.add_subplot()
     axes.bar(layers, [row.tokens for row in paper.layers], color="#9ecae1", label="entering (q/k/v, attention)")
     axes.bar(layers, [row.kept for row in paper.layers], width=0.5, color="#08519c", label="after drop (o_proj, MLP)")
@@ -110,21 +101,60 @@ def plot_token_pyramid(paper: FlopsReport, path: str | Path, title: str) -> None
     axes.set_title(f"{title}\npaper-convention cut {100 * paper.cut:.1f}%", fontsize=10)
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
-    try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise UserError(f"cannot write the plot to {path}: {error.strerror or error}") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png")
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise UserError(f"cannot write the plot to {path}: {error.strerror or error}") from None
+    _save_png(figure, path)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_png(figure, path: str | Path) -> None:
+    write_atomically(path, lambda stream: figure.savefig(stream, format="png"), "the plot")
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """The points no other point beats: none cheaper (or as cheap) with a metric at least as high."""
+    front, best = [], float("-inf")
+    for point in sorted(points, key=lambda p: (p[1], -p[2])):
+        if point[2] > best:
+            front.append(point)
+            best = point[2]
+    return front
+
+
+def plot_pareto(points: list[tuple[str, float, float]], path: str | Path, title: str, metric: str) -> None:
+    """Write a PNG of `metric` against the paper-convention FLOPs ratio, one labelled point per
+    (name, flops_ratio, value); the first point is the unpruned reference; the front is joined."""
+    figure = _new_figure(8, 5.5)
+    axes = figure.add_subplot()
+    for index, (name, flops, value) in enumerate(points):
+        reference = index == 0
+        x, y = 100 * flops, 100 * value
+        axes.scatter(
+            x, y, s=90 if reference else 40, marker="*" if reference else "o", color="black" if reference else "#08519c"
+        )
+        right_edge = x > 75  # label to the left there, so it stays inside the axes
+        axes.annotate(
+            name,
+            (x, y),
+            textcoords="offset points",
+            xytext=(-6 if right_edge else 6, 4 + 9 * (index % 3)),  # staggered: close points stay readable
+            ha="right" if right_edge else "left",
+            fontsize=7,
+        )
+    front = pareto_front(points)
+    axes.plot([100 * p[1] for p in front], [100 * p[2] for p in front], color="#9ecae1", zorder=0, label="Pareto front")
+    axes.set_xlabel("visual-token LLM FLOPs, % of unpruned (paper convention)")
+    axes.set_ylabel(f"{metric}, %")
+    axes.set_xlim(0, 105)
+    axes.set_ylim(0, 105)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    _save_png(figure, path)

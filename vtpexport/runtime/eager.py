@@ -74,11 +74,23 @@ def greedy_generate(
 ) -> list[list[int]]:
     """Greedy decoding with the KV cache. The recipe's schedule prunes the prefill; its
     selector was applied in `prepare`. Rows run in groups of equal image token count."""
+    return [tokens for tokens, _ in generate_with_logits(model, batch, max_new_tokens, stop_token_ids, recipe)]
+
+
+@torch.no_grad()
+def generate_with_logits(
+    model: LoadedModel,
+    batch: PreparedBatch,
+    max_new_tokens: int,
+    stop_token_ids: tuple[int, ...] | None = None,
+    recipe: Recipe | None = None,
+) -> list[tuple[list[int], Tensor]]:
+    """`greedy_generate`, and each row's first-position logits [V] (what evaluation compares)."""
     graph = model.graph
     schedule = recipe.schedule if recipe else None
     stops = default_stops(model.tokenizer) if stop_token_ids is None else stop_token_ids
 
-    def generate_group(group: PreparedBatch) -> list[list[int]]:
+    def generate_group(group: PreparedBatch) -> list[tuple[list[int], Tensor]]:
         out = prefill(model, group, schedule)
         state = {"caches": out.caches}
 
@@ -87,6 +99,6 @@ def greedy_generate(
             state["caches"] = result.caches
             return result.logits
 
-        return greedy_loop(out.logits, step, max_new_tokens, stops)
+        return list(zip(greedy_loop(out.logits, step, max_new_tokens, stops), out.logits, strict=True))
 
     return per_image_token_count(batch, generate_group)
