@@ -424,3 +424,31 @@ def evaluate(candidates, data, model_spec, weights, out_path, plot_path, limit, 
     if plot_path:
         plot_pareto(pareto_points(report), plot_path, f"{report.model}: {report.samples} samples", report.metric)
         click.echo(f"wrote {plot_path}")
+
+
+@main.command()
+@click.argument("export_dir")
+@click.option("--baseline", required=True, help="Export folder to compare against (e.g. the unpruned build).")
+@click.option("--data", default=None, help="JSONL of {image, question}: its first --limit rows are the prompts.")
+@click.option("--image", "image_path", default=None, help="One image (with --prompt) instead of --data.")
+@click.option("--prompt", default=None, help="The question about --image.")
+@click.option("--limit", type=click.IntRange(1), default=4, show_default=True, help="Prompts taken from --data.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--decode-tokens", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--out", "out_path", default=None, metavar="FILE.json", help="Write the measurements as JSON.")
+def bench(export_dir, baseline, data, image_path, prompt, limit, repeats, decode_tokens, out_path) -> None:
+    """Time to first token, decode tokens/s, peak memory and FLOPs of an export against a baseline.
+
+    Both are measured alternately in this process; memory in a fresh subprocess per side.
+    """
+    from rich.console import Console
+
+    from .bench import bench_view, benchmark
+    from .files import check_writable
+
+    if out_path:
+        check_writable(out_path, "the results")
+    report = benchmark(export_dir, baseline, data, image_path, prompt, repeats, decode_tokens, limit, progress=True)
+    Console().print(bench_view(report))
+    if out_path:
+        click.echo(f"wrote {report.write_json(out_path)}")

@@ -31,6 +31,7 @@ from .errors import UserError
 from .export.manifest import read_manifest
 from .files import write_atomically
 from .flops import exact_prefill_macs, paper_flops
+from .graph.args import LlavaArgs
 from .models.anyres import num_image_tokens, num_tiles
 from .models.loader import LoadedModel, load_model
 from .recipe import Recipe
@@ -210,7 +211,7 @@ def read_candidate(argument: str) -> Candidate:
     raise UserError(f"{argument} is neither an export folder nor a recipe file")
 
 
-def _adaptive_counted(recipe: Recipe | None, entering: int) -> Recipe | None:
+def adaptive_counted(recipe: Recipe | None, entering: int) -> Recipe | None:
     """An adaptive selector's FLOPs are those of the fixed-count form that kept as many tokens
     as it did on this image (`entering` includes PruMerge's one merged token)."""
     if recipe is None or recipe.selector is None or not recipe.selector.adaptive:
@@ -218,11 +219,11 @@ def _adaptive_counted(recipe: Recipe | None, entering: int) -> Recipe | None:
     return replace(recipe, selector=replace(recipe.selector, tokens=entering - 1))
 
 
-def _add_compute(compute: Compute, model: LoadedModel, recipe: Recipe | None, image, batch, row: int) -> None:
-    args = model.args
+def add_compute(compute: Compute, args: LlavaArgs, recipe: Recipe | None, image, batch, row: int) -> None:
+    """Add row `row` of a prepared batch (its image, prompt lengths and kept count) to `compute`."""
     size = (image.height, image.width)
     n_image, tiles = num_image_tokens(size, args), num_tiles(size, args)
-    counted = _adaptive_counted(recipe, batch.num_image_tokens[row])
+    counted = adaptive_counted(recipe, batch.num_image_tokens[row])
     text = (len(batch.parts[row].prefix_ids), len(batch.parts[row].suffix_ids))
     paper = paper_flops(args, counted, n_image)
     compute.samples += 1
@@ -319,7 +320,7 @@ def evaluate(
                     if entry is entries[0]:
                         reference.append((answer, logits))
                     _score(entry, samples.records[rows[row]], answer, logits, reference[row])
-                    _add_compute(entry.compute, model, recipe, images[row], batch, row)
+                    add_compute(entry.compute, model.args, recipe, images[row], batch, row)
                 bar.update()
     labelled = any(record.answer is not None for record in samples.records)
     return EvalReport(model_name, str(data), len(samples.images), labelled, max_new_tokens, entries)
