@@ -452,3 +452,32 @@ def bench(export_dir, baseline, data, image_path, prompt, limit, repeats, decode
     Console().print(bench_view(report))
     if out_path:
         click.echo(f"wrote {report.write_json(out_path)}")
+
+
+@main.command()
+@click.option("--model", "model_spec", default=None, help="Model (default: the recipe's model).")
+@click.option("--weights", default=None, help="Folder with the alias's weights.")
+@click.option("--recipe", "recipe_path", required=True, help="Recipe YAML whose kept patches to show.")
+@click.option("--image", "image_path", required=True, help="Image file.")
+@click.option("--prompt", required=True, help="Question about the image (in-LLM schedules score against it).")
+@click.option("--out", "out_path", required=True, metavar="FILE.png", help="Where to write the picture.")
+def viz(model_spec, weights, recipe_path, image_path, prompt, out_path) -> None:
+    """The image with the patches a recipe keeps highlighted: one panel per selector / drop stage."""
+    from .files import check_writable
+    from .models.images import load_image
+    from .models.loader import load_model
+    from .recipe import Recipe
+    from .viz import image_region, kept_patch_panels, plot_kept_patches
+
+    check_writable(out_path, "the plot")
+    recipe = Recipe.load(recipe_path)
+    image = load_image(image_path)
+    if not prompt.strip():
+        raise UserError("empty prompt: pass a question with --prompt")
+    model = load_model(model_spec or recipe.model.name, weights)
+    recipe.check_model(model.args, model.source.name)
+    panels = kept_patch_panels(model, recipe, image, prompt)
+    region = image_region(image, model.image_processor)
+    title = f"{recipe.name} on {model.source.name}: {prompt}"
+    plot_kept_patches(image, region, model.args.vision.grid_size, panels, out_path, title)
+    click.echo(f"wrote {out_path}")

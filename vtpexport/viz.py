@@ -8,6 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .errors import UserError
 from .files import write_atomically
 from .flops import ExactMacs, FlopsReport
 
@@ -156,5 +157,78 @@ def plot_pareto(points: list[tuple[str, float, float]], path: str | Path, title:
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8)
     axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    _save_png(figure, path)
+
+
+MAX_PANELS = 8  # FitPrune can drop at every layer; more panels than this are grouped
+
+
+def image_region(image, image_processor) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the original image the vision tower sees: the centre square
+    when the processor resizes the short side and centre-crops (CLIP, LLaVA-1.5), else all of it."""
+    if not getattr(image_processor, "do_center_crop", False):
+        return 0, 0, image.width, image.height
+    side = min(image.width, image.height)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return left, top, left + side, top + side
+
+
+def kept_patch_panels(model, recipe, image, prompt: str) -> list[tuple[str, list[int]]]:
+    """(title, kept patch raster indices) per panel: the input, the selector's kept set, then
+    the tokens left after each of the schedule's drops (grouped to at most MAX_PANELS)."""
+    from .runtime.eager import kept_image_tokens
+
+    if model.args.family == "llava-next":
+        raise UserError(
+            "viz maps kept tokens to patches of one square tile (LLaVA-1.5 style); LLaVA-NeXT anyres "
+            "tiles are not mapped back to the image yet"
+        )
+    n = model.args.vision.num_patches
+    patch_index, kept_ids = kept_image_tokens(model, image, prompt, recipe)
+    entering = list(range(n)) if patch_index is None else patch_index.tolist()
+    panels = [(f"input: {n} patches", list(range(n)))]
+    if patch_index is not None:
+        patches = [p for p in entering if p >= 0]
+        merged = " + 1 merged" if len(patches) < len(entering) else ""
+        panels.append((f"{recipe.selector.method}: {len(patches)} of {n}{merged}", patches))
+    layers = list(kept_ids)
+    grouped = len(layers) > MAX_PANELS - len(panels)
+    if grouped:  # the last drop of each of `count` consecutive groups of drop layers
+        count = MAX_PANELS - len(panels)
+        layers = [layers[round((i + 1) * len(layers) / count) - 1] for i in range(count)]
+    previous = -1
+    for layer in layers:
+        patches = [entering[i] for i in kept_ids[layer].tolist() if entering[i] >= 0]
+        span = f"layers {previous + 1}-{layer}" if grouped and layer > previous + 1 else f"layer {layer}"
+        panels.append((f"{recipe.schedule.method} drop at {span}: {len(patches)} of {n} left", patches))
+        previous = layer
+    return panels
+
+
+def plot_kept_patches(image, region, grid: int, panels: list[tuple[str, list[int]]], path, title: str) -> None:
+    """Write a PNG with one panel per (title, kept patch raster indices): the image region the
+    model sees, divided into grid x grid patches, dropped patches darkened."""
+    import numpy as np
+
+    crop = np.asarray(image.crop(region).convert("RGB")).astype(np.float32) / 255
+    height, width = crop.shape[:2]
+    columns = min(len(panels), 4)
+    rows = (len(panels) + columns - 1) // columns
+    figure = _new_figure(3.2 * columns, 3.4 * rows + 0.4)
+    for index, (caption, kept) in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        shade = np.full((grid, grid), 0.25, dtype=np.float32)
+        shade.flat[kept] = 1.0
+        ys = np.minimum(np.arange(height) * grid // height, grid - 1)
+        xs = np.minimum(np.arange(width) * grid // width, grid - 1)
+        axes.imshow(crop * shade[ys][:, xs][..., None], interpolation="nearest")
+        for k in range(1, grid):  # patch boundaries
+            axes.axhline(k * height / grid - 0.5, color="white", linewidth=0.3, alpha=0.5)
+            axes.axvline(k * width / grid - 0.5, color="white", linewidth=0.3, alpha=0.5)
+        axes.set_title(caption, fontsize=8)
+        axes.set_xticks([])
+        axes.set_yticks([])
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     _save_png(figure, path)

@@ -102,3 +102,20 @@ def generate_with_logits(
         return list(zip(greedy_loop(out.logits, step, max_new_tokens, stops), out.logits, strict=True))
 
     return per_image_token_count(batch, generate_group)
+
+
+@torch.no_grad()
+def kept_image_tokens(
+    model: LoadedModel, image: Image.Image, prompt: str, recipe: Recipe
+) -> tuple[Tensor | None, dict[int, Tensor]]:
+    """Which image tokens a recipe keeps for one prompt: the selector's patch raster indices
+    [k] (-1: PruMerge's merged token; None without a selector), and for each layer where the
+    schedule drops, the indices [k_l] into the tokens that entered the LLM kept there."""
+    patch_index = None
+    if recipe.selector is not None:
+        check_recipe_applies(model, recipe)
+        tiles, _ = image_tiles(model.image_processor, model.args, image)
+        device = model.graph.decoder.embed_tokens.weight.device
+        patch_index = model.graph.select_image_tokens(tiles.to(device), recipe.selector).patch_index[0]
+    out = prefill(model, prepare(model, [image], [prompt], 1, recipe), recipe.schedule)
+    return patch_index, {layer: ids[0] for layer, ids in sorted(out.kept_ids.items())}
