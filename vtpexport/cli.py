@@ -467,7 +467,7 @@ def viz(model_spec, weights, recipe_path, image_path, prompt, out_path) -> None:
     from .models.images import load_image
     from .models.loader import load_model
     from .recipe import Recipe
-    from .viz import image_region, kept_patch_panels, plot_kept_patches
+    from .viz import kept_patch_panels, plot_kept_patches, token_layout
 
     check_writable(out_path, "the plot")
     recipe = Recipe.load(recipe_path)
@@ -476,8 +476,7 @@ def viz(model_spec, weights, recipe_path, image_path, prompt, out_path) -> None:
         raise UserError("empty prompt: pass a question with --prompt")
     model = load_model(model_spec or recipe.model.name, weights)
     recipe.check_model(model.args, model.source.name)
+    layout = token_layout(model.args, model.image_processor, image.width, image.height)
     panels = kept_patch_panels(model, recipe, image, prompt)
-    region = image_region(image, model.image_processor)
-    title = f"{recipe.name} on {model.source.name}: {prompt}"
-    plot_kept_patches(image, region, model.args.vision.grid_size, panels, out_path, title)
+    plot_kept_patches(image, layout, panels, out_path, f"{recipe.name} on {model.source.name}: {prompt}")
     click.echo(f"wrote {out_path}")

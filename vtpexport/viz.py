@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Group
@@ -164,30 +166,75 @@ def plot_pareto(points: list[tuple[str, float, float]], path: str | Path, title:
 MAX_PANELS = 8  # FitPrune can drop at every layer; more panels than this are grouped
 
 
-def image_region(image, image_processor) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the original image the vision tower sees: the centre square
-    when the processor resizes the short side and centre-crops (CLIP, LLaVA-1.5), else all of it."""
-    if not getattr(image_processor, "do_center_crop", False):
-        return 0, 0, image.width, image.height
-    side = min(image.width, image.height)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return left, top, left + side, top + side
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each visual token of an image comes from, in the original image's pixels.
+
+    views: the pictures tokens are drawn on (LLaVA-NeXT: the squashed base tile and the
+    high-resolution tiles; LLaVA-1.5: one). boxes[i]: token i's (view, left, top, right, bottom),
+    or None for a token that is no image region (LLaVA-NeXT's image_newline).
+    """
+
+    views: tuple[str, ...]
+    boxes: tuple[tuple[int, float, float, float, float] | None, ...]
+
+
+def token_layout(args, image_processor, width: int, height: int) -> TokenLayout:
+    """The layout of the image tokens in prompt order (`models.anyres.packing_index`), following
+    the processor: LLaVA-1.5 resizes the short side and centre-crops (else squashes the whole
+    image); LLaVA-NeXT squashes the whole image into the base tile, and resizes it to fit the
+    best tiling (aspect kept, centred, padded) for the high-resolution tiles."""
+    from .models.anyres import packing_index, tile_grid
+
+    g, per_tile = args.vision.grid_size, args.tokens_per_tile
+    if per_tile != g * g:
+        raise UserError("viz maps patch tokens only; this model's vision features include the CLS token")
+
+    def grid_box(view: int, row: int, col: int, left: float, top: float, cell_w: float, cell_h: float):
+        return (view, left + col * cell_w, top + row * cell_h, left + (col + 1) * cell_w, top + (row + 1) * cell_h)
+
+    if args.family != "llava-next":
+        side = min(width, height)
+        left, top, cell_w, cell_h = 0.0, 0.0, width / g, height / g
+        if getattr(image_processor, "do_center_crop", False):
+            left, top, cell_w, cell_h = (width - side) / 2, (height - side) / 2, side / g, side / g
+        boxes = tuple(grid_box(0, i // g, i % g, left, top, cell_w, cell_h) for i in range(per_tile))
+        return TokenLayout(("image",), boxes)
+    rows, cols = tile_grid((height, width), args)
+    canvas_h, canvas_w = rows * args.vision.image_size, cols * args.vision.image_size
+    # As the processor's resize-for-patching: fit inside the canvas, aspect kept, centred.
+    if canvas_w / width < canvas_h / height:
+        new_w, new_h = canvas_w, min(math.ceil(height * canvas_w / width), canvas_h)
+    else:
+        new_w, new_h = min(math.ceil(width * canvas_h / height), canvas_w), canvas_h
+    scale_x, scale_y = width / new_w, height / new_h
+    patch = args.vision.patch_size
+    cell_w, cell_h = patch * scale_x, patch * scale_y
+    left, top = -((canvas_w - new_w) // 2) * scale_x, -((canvas_h - new_h) // 2) * scale_y
+    boxes = []
+    for value in packing_index((height, width), args).tolist():
+        if value < per_tile:
+            boxes.append(grid_box(0, value // g, value % g, 0.0, 0.0, width / g, height / g))
+        elif value >= (rows * cols + 1) * per_tile:
+            boxes.append(None)  # image_newline
+        else:
+            tile, within = divmod(value - per_tile, per_tile)
+            y, x = (tile // cols) * g + within // g, (tile % cols) * g + within % g
+            boxes.append(grid_box(1, y, x, left, top, cell_w, cell_h))
+    return TokenLayout(("base tile", f"{rows}x{cols} tiles"), tuple(boxes))
 
 
 def kept_patch_panels(model, recipe, image, prompt: str) -> list[tuple[str, list[int]]]:
-    """(title, kept patch raster indices) per panel: the input, the selector's kept set, then
-    the tokens left after each of the schedule's drops (grouped to at most MAX_PANELS)."""
+    """(title, kept token indices into the image's tokens in prompt order) per panel: the input,
+    the selector's kept set, then the tokens left after each of the schedule's drops (grouped to
+    at most MAX_PANELS panels)."""
+    from .models.anyres import num_image_tokens
     from .runtime.eager import kept_image_tokens
 
-    if model.args.family == "llava-next":
-        raise UserError(
-            "viz maps kept tokens to patches of one square tile (LLaVA-1.5 style); LLaVA-NeXT anyres "
-            "tiles are not mapped back to the image yet"
-        )
-    n = model.args.vision.num_patches
+    n = num_image_tokens((image.height, image.width), model.args)
     patch_index, kept_ids = kept_image_tokens(model, image, prompt, recipe)
     entering = list(range(n)) if patch_index is None else patch_index.tolist()
-    panels = [(f"input: {n} patches", list(range(n)))]
+    panels = [(f"input: {n} tokens", list(range(n)))]
     if patch_index is not None:
         patches = [p for p in entering if p >= 0]
         merged = " + 1 merged" if len(patches) < len(entering) else ""
@@ -206,29 +253,43 @@ def kept_patch_panels(model, recipe, image, prompt: str) -> list[tuple[str, list
     return panels
 
 
-def plot_kept_patches(image, region, grid: int, panels: list[tuple[str, list[int]]], path, title: str) -> None:
-    """Write a PNG with one panel per (title, kept patch raster indices): the image region the
-    model sees, divided into grid x grid patches, dropped patches darkened."""
+def plot_kept_patches(image, layout: TokenLayout, panels: list[tuple[str, list[int]]], path, title: str) -> None:
+    """Write a PNG with one panel per (title, kept token indices), one picture per layout view:
+    the original image, darkened wherever no kept token of that view comes from (outside the
+    region the model sees, too), with the token grid drawn."""
     import numpy as np
 
-    crop = np.asarray(image.crop(region).convert("RGB")).astype(np.float32) / 255
-    height, width = crop.shape[:2]
-    columns = min(len(panels), 4)
-    rows = (len(panels) + columns - 1) // columns
-    figure = _new_figure(3.2 * columns, 3.4 * rows + 0.4)
+    pixels = np.asarray(image.convert("RGB")).astype(np.float32) / 255
+    views = len(layout.views)
+    columns = views * max(1, 4 // views)
+    cells = len(panels) * views
+    rows = (cells + columns - 1) // columns
+    aspect = image.height / image.width
+    figure = _new_figure(3.2 * min(columns, cells), (3.2 * aspect + 0.5) * rows + 0.4)
     for index, (caption, kept) in enumerate(panels):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        shade = np.full((grid, grid), 0.25, dtype=np.float32)
-        shade.flat[kept] = 1.0
-        ys = np.minimum(np.arange(height) * grid // height, grid - 1)
-        xs = np.minimum(np.arange(width) * grid // width, grid - 1)
-        axes.imshow(crop * shade[ys][:, xs][..., None], interpolation="nearest")
-        for k in range(1, grid):  # patch boundaries
-            axes.axhline(k * height / grid - 0.5, color="white", linewidth=0.3, alpha=0.5)
-            axes.axvline(k * width / grid - 0.5, color="white", linewidth=0.3, alpha=0.5)
-        axes.set_title(caption, fontsize=8)
-        axes.set_xticks([])
-        axes.set_yticks([])
+        for view, view_name in enumerate(layout.views):
+            axes = figure.add_subplot(rows, columns, index * views + view + 1)
+            mask = np.full(pixels.shape[:2], 0.25, dtype=np.float32)
+            for token in kept:
+                box = layout.boxes[token]
+                if box is not None and box[0] == view:
+                    x0, y0, x1, y1 = (round(v) for v in box[1:])
+                    mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = 1.0
+            axes.imshow(pixels * mask[..., None], interpolation="nearest")
+            mine = [box for box in layout.boxes if box is not None and box[0] == view]
+            x_lo, x_hi = max(min(b[1] for b in mine), 0), min(max(b[3] for b in mine), image.width)
+            y_lo, y_hi = max(min(b[2] for b in mine), 0), min(max(b[4] for b in mine), image.height)
+            for x in sorted({b[1] for b in mine} | {b[3] for b in mine}):
+                if 0 <= x <= image.width:
+                    axes.plot([x - 0.5] * 2, [y_lo - 0.5, y_hi - 0.5], color="white", linewidth=0.3, alpha=0.5)
+            for y in sorted({b[2] for b in mine} | {b[4] for b in mine}):
+                if 0 <= y <= image.height:
+                    axes.plot([x_lo - 0.5, x_hi - 0.5], [y - 0.5] * 2, color="white", linewidth=0.3, alpha=0.5)
+            axes.set_title(caption if views == 1 else f"{caption}\n{view_name}", fontsize=7)
+            axes.set_xlim(-0.5, image.width - 0.5)
+            axes.set_ylim(image.height - 0.5, -0.5)
+            axes.set_xticks([])
+            axes.set_yticks([])
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     _save_png(figure, path)
