@@ -271,6 +271,8 @@ def evaluate(
     """
     from tqdm import tqdm
 
+    from .runtime.ort import OrtRunner
+
     if not arguments:
         raise UserError("name at least one export folder or recipe to evaluate")
     candidates = [read_candidate(argument) for argument in arguments]
@@ -282,17 +284,12 @@ def evaluate(
         model_name = first.manifest["model"]["name"] if first.manifest else first.recipe.model.name
         model_spec = export_model_spec(first.manifest) if first.manifest else model_name
     model = load_model(model_spec, weights)
-    runners = {}
     for candidate in candidates:
         if candidate.manifest is not None:
             check_export_model(Path(candidate.source), candidate.manifest, model)
-        elif candidate.recipe is not None:
+        else:
             candidate.recipe.check_model(model.args, model.source.name)
-    for candidate in candidates:
-        if candidate.manifest is not None:
-            from .runtime.ort import OrtRunner
-
-            runners[candidate.source] = OrtRunner(candidate.source, backend)
+    runners = {c.source: OrtRunner(c.source, backend) for c in candidates if c.manifest is not None}
 
     entries = [Entry("unpruned", "unpruned", "eager", None)]
     generators = [_eager(model, None, max_new_tokens)]
