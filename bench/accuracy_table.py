@@ -10,8 +10,9 @@ For each target share s of the image's visual tokens, one recipe per method:
 - PruMerge (fixed-budget form): keeps round(N * s) - 1 tokens plus its one merged token.
 All recipes are evaluated in one `vtpexport eval` run against the unpruned model; a cell reads
 "accuracy retained (visual tokens attended per layer, share of the image's)". Without labels
-in --data, agreement with the unpruned model replaces accuracy. A budget a method cannot
-reach is printed as such, with the reason.
+in --data, agreement with the unpruned model replaces accuracy. A recipe that cannot be made
+(a budget out of the method's reach, a method the family does not support) is printed as
+"not run", with the reason.
 
 Usage: python bench/accuracy_table.py --data HELD_OUT.jsonl [--model toy] [--calib-data PATH]
        [--calib-samples 64] [--limit N] [--max-new-tokens 4] [--workdir DIR] [--json FILE]
@@ -49,6 +50,8 @@ def make_recipe(method: str, share: float, model: str, calib_data: str | None, s
     _, n_image, _ = reference_image(args)
     name = f"{method}-s{round(100 * share):02d}"
     ref = ModelRef(args.family, model, args.config_hash())
+    if method in ("fopru-rank", "prumerge") and args.family == "llava-next":
+        raise UserError(f"{method} is not supported on LLaVA-NeXT anyres images yet")
     if method == "fopru-rank":
         return Recipe(name, ref, selector=SelectorSpec("fopru-rank", ratio=share))
     if method == "prumerge":
@@ -83,7 +86,7 @@ def markdown_table(report, cells: dict[tuple[str, float], str | dict]) -> str:
             cell = cells[method, share]
             if isinstance(cell, str):
                 notes.append(f"{len(notes) + 1}. {method} at ~{round(100 * share)}%: {cell}")
-                row.append(f"unreachable ({len(notes)})")
+                row.append(f"not run ({len(notes)})")
                 continue
             value = getattr(cell["entry"].overall, metric)
             retained = "n/a" if not reference else f"{100 * value / reference:.1f}%"
