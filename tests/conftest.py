@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -41,3 +42,50 @@ def tiny_models():
     from vtpexport.models.loader import load_model
 
     return {name: load_model(name) for name in ("tiny-llava-1.5", "tiny-llava-next")}
+
+
+def write_labelled_data(folder: Path, count: int, sizes=((48, 48), (60, 90))) -> Path:
+    """A small labelled VQA set: solid-colour images with colour and count questions, as JSONL
+    rows {"image", "question", "answer", "type"} beside the PNGs."""
+    colours = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220)}
+    names = sorted(colours)
+    rows = []
+    for i in range(count):
+        colour = names[i % len(names)]
+        height, width = sizes[i % len(sizes)]
+        image = Image.new("RGB", (width, height), colours[colour])
+        image.save(folder / f"img{i}.png")
+        if i % 2:
+            rows.append({"image": f"img{i}.png", "question": "How many shapes?", "answer": "0", "type": "count"})
+        else:
+            rows.append({"image": f"img{i}.png", "question": "What colour?", "answer": colour, "type": "colour"})
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory):
+    """Export folders of the tiny models, built lazily and once per session: get(model, recipe)
+    with recipe None (unpruned) or a (name, ScheduleSpec) pair."""
+    from vtpexport.export.build import build_onnx
+    from vtpexport.models.loader import architecture
+    from vtpexport.recipe import ModelRef, Recipe
+
+    root = tmp_path_factory.mktemp("shared-exports")
+    built = {}
+
+    def get(model_name: str, recipe=None) -> Path:
+        name = recipe[0] if recipe else "unpruned"
+        if (model_name, name) not in built:
+            recipe_path = None
+            if recipe:
+                args = architecture(model_name)
+                recipe_path = root / f"{model_name}-{name}.yaml"
+                model = ModelRef(args.family, model_name, args.config_hash())
+                Recipe(name, model, schedule=recipe[1]).save(recipe_path)
+            out = root / f"{model_name}-{name}"
+            built[model_name, name] = build_onnx(model_name, str(recipe_path) if recipe_path else None, str(out))
+        return built[model_name, name]
+
+    return get

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from . import __version__
+from . import __version__, files
 from .dataset import Samples, load_samples, read_dataset, select_records
 from .errors import UserError
 from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
@@ -601,17 +601,7 @@ def _dtype(name: str) -> torch.dtype:
 
 def check_writable(path: str | Path) -> Path:
     """Refuse an --out that cannot be written, before any work is done."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"cannot write the recipe to {path}: it is a folder; name a .yaml file")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write the recipe to {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write the recipe to {path}: no permission to write in {parent}")
-    return path
+    return files.check_writable(path, "the recipe")
 
 
 def write_recipe(recipe: Recipe, path: str | Path) -> Path:

@@ -406,3 +406,94 @@ def calibrate(
     path = write_recipe(result.recipe, out)
     Console().print(calibration_view(result))
     click.echo(f"wrote {path}")
+
+
+@main.command(name="eval")
+@click.argument("candidates", nargs=-1, required=True, metavar="DIR_OR_RECIPE...")
+@click.option("--data", required=True, help='JSONL of {"image", "question", optional "answer" and "type"}.')
+@click.option("--model", "model_spec", default=None, help="Unpruned reference (default: the first argument's model).")
+@click.option("--weights", default=None, help="Folder with the alias's weights.")
+@click.option("--out", "out_path", default=None, metavar="FILE.json", help="Write the full results as JSON.")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png", help="Write accuracy (or agreement) vs FLOPs.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate the first N rows only.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=8, show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True, help="For export folders.")
+def evaluate(candidates, data, model_spec, weights, out_path, plot_path, limit, max_new_tokens, backend) -> None:
+    """Accuracy, agreement with the unpruned model and first-token KL of exports and recipes.
+
+    Each argument is an export folder (run with ONNX Runtime) or a recipe (run eagerly); all
+    are compared against the unpruned model, run eagerly once.
+    """
+    from rich.console import Console
+
+    from .eval import evaluate as run_evaluation
+    from .eval import pareto_points, summary_view
+    from .files import check_writable
+    from .viz import plot_pareto
+
+    for path, what in ((out_path, "the results"), (plot_path, "the plot")):
+        if path:
+            check_writable(path, what)  # before the long part
+    report = run_evaluation(list(candidates), data, model_spec, weights, limit, max_new_tokens, backend, progress=True)
+    Console().print(summary_view(report))
+    if out_path:
+        click.echo(f"wrote {report.write_json(out_path)}")
+    if plot_path:
+        plot_pareto(pareto_points(report), plot_path, f"{report.model}: {report.samples} samples", report.metric)
+        click.echo(f"wrote {plot_path}")
+
+
+@main.command()
+@click.argument("export_dir")
+@click.option("--baseline", required=True, help="Export folder to compare against (e.g. the unpruned build).")
+@click.option("--data", default=None, help="JSONL of {image, question}: its first --limit rows are the prompts.")
+@click.option("--image", "image_path", default=None, help="One image (with --prompt) instead of --data.")
+@click.option("--prompt", default=None, help="The question about --image.")
+@click.option("--limit", type=click.IntRange(1), default=4, show_default=True, help="Prompts taken from --data.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--decode-tokens", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--out", "out_path", default=None, metavar="FILE.json", help="Write the measurements as JSON.")
+def bench(export_dir, baseline, data, image_path, prompt, limit, repeats, decode_tokens, out_path) -> None:
+    """Time to first token, decode tokens/s, peak memory and FLOPs of an export against a baseline.
+
+    Both are measured alternately in this process; memory in a fresh subprocess per side.
+    """
+    from rich.console import Console
+
+    from .bench import bench_view, benchmark
+    from .files import check_writable
+
+    if out_path:
+        check_writable(out_path, "the results")
+    report = benchmark(export_dir, baseline, data, image_path, prompt, repeats, decode_tokens, limit, progress=True)
+    Console().print(bench_view(report))
+    if out_path:
+        click.echo(f"wrote {report.write_json(out_path)}")
+
+
+@main.command()
+@click.option("--model", "model_spec", default=None, help="Model (default: the recipe's model).")
+@click.option("--weights", default=None, help="Folder with the alias's weights.")
+@click.option("--recipe", "recipe_path", required=True, help="Recipe YAML whose kept patches to show.")
+@click.option("--image", "image_path", required=True, help="Image file.")
+@click.option("--prompt", required=True, help="Question about the image (in-LLM schedules score against it).")
+@click.option("--out", "out_path", required=True, metavar="FILE.png", help="Where to write the picture.")
+def viz(model_spec, weights, recipe_path, image_path, prompt, out_path) -> None:
+    """The image with the patches a recipe keeps highlighted: one panel per selector / drop stage."""
+    from .files import check_writable
+    from .models.images import load_image
+    from .models.loader import load_model
+    from .recipe import Recipe
+    from .viz import kept_patch_panels, plot_kept_patches, token_layout
+
+    check_writable(out_path, "the plot")
+    recipe = Recipe.load(recipe_path)
+    image = load_image(image_path)
+    if not prompt.strip():
+        raise UserError("empty prompt: pass a question with --prompt")
+    model = load_model(model_spec or recipe.model.name, weights)
+    recipe.check_model(model.args, model.source.name)
+    layout = token_layout(model.args, model.image_processor, image.width, image.height)
+    panels = kept_patch_panels(model, recipe, image, prompt)
+    plot_kept_patches(image, layout, panels, out_path, f"{recipe.name} on {model.source.name}: {prompt}")
+    click.echo(f"wrote {out_path}")

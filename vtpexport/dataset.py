@@ -1,7 +1,8 @@
 """Datasets of (image, question) records: a JSONL or a folder of images with a question list.
 
-Used by calibration and verification; images are decoded up front so a bad file fails before
-any model is loaded.
+Used by calibration, verification and evaluation; images are decoded up front so a bad file
+fails before any model is loaded. A JSONL row may also carry a labelled "answer" and a
+question "type" (evaluation reports accuracy per type).
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ DEFAULT_QUESTIONS = ("Describe the image in detail.", "What is the main object i
 class Record:
     image: Path
     question: str
+    answer: str | None = None  # the labelled answer, when the data has one
+    type: str | None = None  # the question type, when the data names one
 
 
 def read_dataset(path: str | Path) -> list[Record]:
-    """A JSONL of {"image": path relative to the file, "question": text}, or a folder of images
-    whose questions (one per line) are in its questions.txt; every image gets every question."""
+    """A JSONL of {"image": path relative to the file, "question": text, optional "answer" and
+    "type": text}, or a folder of images whose questions (one per line) are in its
+    questions.txt; every image gets every question."""
     path = Path(path)
     if path.is_dir():
         records = _read_folder(path)
@@ -54,12 +58,20 @@ def _read_jsonl(path: Path) -> list[Record]:
             continue
         try:
             row = json.loads(line)
-            image, question = row["image"], row["question"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{number}: expected a JSON object with 'image' and 'question'") from None
+        except json.JSONDecodeError:
+            raise UserError(f"{path}:{number}: not valid JSON") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object with 'image' and 'question'")
+        for key in ("image", "question"):
+            if key not in row:
+                raise UserError(f"{path}:{number}: expected a JSON object with 'image' and 'question' (no '{key}')")
+        image, question = row["image"], row["question"]
         if not isinstance(image, str) or not isinstance(question, str) or not question.strip():
             raise UserError(f"{path}:{number}: 'image' must be a path and 'question' a non-empty text")
-        records.append(Record(path.parent / image, question))
+        for key in ("answer", "type"):
+            if key in row and not isinstance(row[key], str):
+                raise UserError(f"{path}:{number}: '{key}' must be a text, got {json.dumps(row[key])}")
+        records.append(Record(path.parent / image, question, row.get("answer"), row.get("type")))
     return records
 
 
@@ -85,13 +97,14 @@ def select_records(records: list[Record], count: int, seed: int) -> list[Record]
 class Samples:
     images: list[Image.Image]
     questions: list[str]
+    records: list[Record]  # the records used, in order (labels and types travel with them)
     skipped: list[str]  # files that could not be read (with --skip-bad)
     sha256: str  # of the image bytes and questions used, in order
 
 
 def load_samples(records: list[Record], skip_bad: bool = False) -> Samples:
     """Decode every image now (a bad file fails before any model is loaded)."""
-    images, questions, skipped, decoded = [], [], [], {}
+    images, questions, used, skipped, decoded = [], [], [], [], {}
     digest = hashlib.sha256()
     for record in records:
         if record.image not in decoded:
@@ -107,7 +120,8 @@ def load_samples(records: list[Record], skip_bad: bool = False) -> Samples:
         image, image_sha = decoded[record.image]
         images.append(image)
         questions.append(record.question)
+        used.append(record)
         digest.update(f"{image_sha}\n{record.question}\n".encode())
     if not images:
         raise UserError(f"no usable samples: all {len(records)} were skipped as unreadable")
-    return Samples(images, questions, skipped, digest.hexdigest())
+    return Samples(images, questions, used, skipped, digest.hexdigest())

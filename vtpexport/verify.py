@@ -12,7 +12,7 @@ from PIL import Image
 from .dataset import load_samples, read_dataset
 from .errors import UserError
 from .export.manifest import changed_files, read_manifest
-from .models.loader import load_model
+from .models.loader import LoadedModel, load_model
 from .models.text_encoder import attach_text_encoder
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
 from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
@@ -66,11 +66,19 @@ def synthetic_samples() -> list[tuple[Image.Image, str]]:
     ]
 
 
-def _model_for(manifest: dict, model_spec: str | None, weights: str | None):
-    if model_spec is None:
-        source = Path(manifest["model"]["source"])
-        model_spec = str(source) if source.is_dir() else manifest["model"]["name"]
-    return load_model(model_spec, weights)
+def export_model_spec(manifest: dict) -> str:
+    """The model an export was built from: its source folder if still there, else its name."""
+    source = Path(manifest["model"]["source"])
+    return str(source) if source.is_dir() else manifest["model"]["name"]
+
+
+def check_export_model(folder: Path, manifest: dict, model: LoadedModel) -> None:
+    """Refuse to compare an export against a model of another architecture, naming both."""
+    if model.args.config_hash() != manifest["model"]["config_hash"]:
+        raise UserError(
+            f"{folder} was exported from {manifest['model']['name']} (config {manifest['model']['config_hash']}), "
+            f"not from {model.source.name} (config {model.args.config_hash()})"
+        )
 
 
 def verify_export(
@@ -89,12 +97,8 @@ def verify_export(
     if report.changed_files:
         return report
     runner = OrtRunner(folder, backend)
-    model = _model_for(manifest, model_spec, weights)
-    if model.args.config_hash() != manifest["model"]["config_hash"]:
-        raise UserError(
-            f"{folder} was exported from {manifest['model']['name']} (config {manifest['model']['config_hash']}), "
-            f"not from {model.source.name} (config {model.args.config_hash()})"
-        )
+    model = load_model(model_spec or export_model_spec(manifest), weights)
+    check_export_model(folder, manifest, model)
     recipe = runner.recipe
     if data:
         loaded = load_samples(read_dataset(data))

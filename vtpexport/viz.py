@@ -1,9 +1,9 @@
-"""Views of a recipe's compute: the per-layer FLOPs table and the token-pyramid plot."""
+"""Views: a recipe's per-layer FLOPs table and token-pyramid plot, the accuracy/FLOPs Pareto plot."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Group
@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import UserError
+from .files import write_atomically
 from .flops import ExactMacs, FlopsReport
 
 
@@ -91,15 +92,8 @@ def plot_token_pyramid(paper: FlopsReport, path: str | Path, title: str) -> None
     Written to a temporary file in the same folder and renamed into place, so `path` is
     either the complete old file or the complete new one.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"cannot write the plot to {path}: it is a folder; name a .png file")
     layers = [row.layer for row in paper.layers]
-    figure = Figure(figsize=(8, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _new_figure(8, 4.5)
     axes = figure.add_subplot()
     axes.bar(layers, [row.tokens for row in paper.layers], color="#9ecae1", label="entering (q/k/v, attention)")
     axes.bar(layers, [row.kept for row in paper.layers], width=0.5, color="#08519c", label="after drop (o_proj, MLP)")
@@ -110,21 +104,192 @@ def plot_token_pyramid(paper: FlopsReport, path: str | Path, title: str) -> None
     axes.set_title(f"{title}\npaper-convention cut {100 * paper.cut:.1f}%", fontsize=10)
     axes.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
-    try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise UserError(f"cannot write the plot to {path}: {error.strerror or error}") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png")
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise UserError(f"cannot write the plot to {path}: {error.strerror or error}") from None
+    _save_png(figure, path)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_png(figure, path: str | Path) -> None:
+    write_atomically(path, lambda stream: figure.savefig(stream, format="png"), "the plot")
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """The points no other point beats: none cheaper (or as cheap) with a metric at least as high."""
+    front, best = [], float("-inf")
+    for point in sorted(points, key=lambda p: (p[1], -p[2])):
+        if point[2] > best:
+            front.append(point)
+            best = point[2]
+    return front
+
+
+def plot_pareto(points: list[tuple[str, float, float]], path: str | Path, title: str, metric: str) -> None:
+    """Write a PNG of `metric` against the paper-convention FLOPs ratio, one labelled point per
+    (name, flops_ratio, value); the first point is the unpruned reference; the front is joined."""
+    figure = _new_figure(8, 5.5)
+    axes = figure.add_subplot()
+    for index, (name, flops, value) in enumerate(points):
+        reference = index == 0
+        x, y = 100 * flops, 100 * value
+        axes.scatter(
+            x, y, s=90 if reference else 40, marker="*" if reference else "o", color="black" if reference else "#08519c"
+        )
+        right_edge = x > 75  # label to the left there, so it stays inside the axes
+        axes.annotate(
+            name,
+            (x, y),
+            textcoords="offset points",
+            xytext=(-6 if right_edge else 6, 4 + 9 * (index % 3)),  # staggered: close points stay readable
+            ha="right" if right_edge else "left",
+            fontsize=7,
+        )
+    front = pareto_front(points)
+    axes.plot([100 * p[1] for p in front], [100 * p[2] for p in front], color="#9ecae1", zorder=0, label="Pareto front")
+    axes.set_xlabel("visual-token LLM FLOPs, % of unpruned (paper convention)")
+    axes.set_ylabel(f"{metric}, %")
+    axes.set_xlim(0, 105)
+    axes.set_ylim(0, 105)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    _save_png(figure, path)
+
+
+MAX_PANELS = 8  # FitPrune can drop at every layer; more panels than this are grouped
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each visual token of an image comes from, in the original image's pixels.
+
+    views: the pictures tokens are drawn on (LLaVA-NeXT: the squashed base tile and the
+    high-resolution tiles; LLaVA-1.5: one). boxes[i]: token i's (view, left, top, right, bottom),
+    or None for a token that is no image region (LLaVA-NeXT's image_newline).
+    """
+
+    views: tuple[str, ...]
+    boxes: tuple[tuple[int, float, float, float, float] | None, ...]
+
+
+def token_layout(args, image_processor, width: int, height: int) -> TokenLayout:
+    """The layout of the image tokens in prompt order (`models.anyres.packing_index`), following
+    the processor: LLaVA-1.5 resizes the short side and centre-crops (else squashes the whole
+    image); LLaVA-NeXT squashes the whole image into the base tile, and resizes it to fit the
+    best tiling (aspect kept, centred, padded) for the high-resolution tiles."""
+    from .models.anyres import packing_index, tile_grid
+
+    g, per_tile = args.vision.grid_size, args.tokens_per_tile
+    if per_tile != g * g:
+        raise UserError("viz maps patch tokens only; this model's vision features include the CLS token")
+
+    def grid_box(view: int, row: int, col: int, left: float, top: float, cell_w: float, cell_h: float):
+        return (view, left + col * cell_w, top + row * cell_h, left + (col + 1) * cell_w, top + (row + 1) * cell_h)
+
+    if args.family != "llava-next":
+        side = min(width, height)
+        left, top, cell_w, cell_h = 0.0, 0.0, width / g, height / g
+        if getattr(image_processor, "do_center_crop", False):
+            left, top, cell_w, cell_h = (width - side) / 2, (height - side) / 2, side / g, side / g
+        boxes = tuple(grid_box(0, i // g, i % g, left, top, cell_w, cell_h) for i in range(per_tile))
+        return TokenLayout(("image",), boxes)
+    rows, cols = tile_grid((height, width), args)
+    canvas_h, canvas_w = rows * args.vision.image_size, cols * args.vision.image_size
+    # As the processor's resize-for-patching: fit inside the canvas, aspect kept, centred.
+    if canvas_w / width < canvas_h / height:
+        new_w, new_h = canvas_w, min(math.ceil(height * canvas_w / width), canvas_h)
+    else:
+        new_w, new_h = min(math.ceil(width * canvas_h / height), canvas_w), canvas_h
+    scale_x, scale_y = width / new_w, height / new_h
+    patch = args.vision.patch_size
+    cell_w, cell_h = patch * scale_x, patch * scale_y
+    left, top = -((canvas_w - new_w) // 2) * scale_x, -((canvas_h - new_h) // 2) * scale_y
+    boxes = []
+    for value in packing_index((height, width), args).tolist():
+        if value < per_tile:
+            boxes.append(grid_box(0, value // g, value % g, 0.0, 0.0, width / g, height / g))
+        elif value >= (rows * cols + 1) * per_tile:
+            boxes.append(None)  # image_newline
+        else:
+            tile, within = divmod(value - per_tile, per_tile)
+            y, x = (tile // cols) * g + within // g, (tile % cols) * g + within % g
+            boxes.append(grid_box(1, y, x, left, top, cell_w, cell_h))
+    return TokenLayout(("base tile", f"{rows}x{cols} tiles"), tuple(boxes))
+
+
+def kept_patch_panels(model, recipe, image, prompt: str) -> list[tuple[str, list[int]]]:
+    """(title, kept token indices into the image's tokens in prompt order) per panel: the input,
+    the selector's kept set, then the tokens left after each of the schedule's drops (grouped to
+    at most MAX_PANELS panels)."""
+    from .models.anyres import num_image_tokens
+    from .runtime.eager import kept_image_tokens
+
+    n = num_image_tokens((image.height, image.width), model.args)
+    patch_index, kept_ids = kept_image_tokens(model, image, prompt, recipe)
+    entering = list(range(n)) if patch_index is None else patch_index.tolist()
+    panels = [(f"input: {n} tokens", list(range(n)))]
+    if patch_index is not None:
+        patches = [p for p in entering if p >= 0]
+        merged = " + 1 merged" if len(patches) < len(entering) else ""
+        panels.append((f"{recipe.selector.method}: {len(patches)} of {n}{merged}", patches))
+    layers = list(kept_ids)
+    grouped = len(layers) > MAX_PANELS - len(panels)
+    if grouped:  # the last drop of each of `count` consecutive groups of drop layers
+        count = MAX_PANELS - len(panels)
+        layers = [layers[round((i + 1) * len(layers) / count) - 1] for i in range(count)]
+    previous = -1
+    for layer in layers:
+        patches = [entering[i] for i in kept_ids[layer].tolist() if entering[i] >= 0]
+        span = f"layers {previous + 1}-{layer}" if grouped and layer > previous + 1 else f"layer {layer}"
+        panels.append((f"{recipe.schedule.method} drop at {span}: {len(patches)} of {n} left", patches))
+        previous = layer
+    return panels
+
+
+def plot_kept_patches(image, layout: TokenLayout, panels: list[tuple[str, list[int]]], path, title: str) -> None:
+    """Write a PNG with one panel per (title, kept token indices), one picture per layout view:
+    the original image, darkened wherever no kept token of that view comes from (outside the
+    region the model sees, too), with the token grid drawn."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB")).astype(np.float32) / 255
+    views = len(layout.views)
+    columns = views * max(1, 4 // views)
+    cells = len(panels) * views
+    rows = (cells + columns - 1) // columns
+    aspect = image.height / image.width
+    figure = _new_figure(3.2 * min(columns, cells), (3.2 * aspect + 0.5) * rows + 0.4)
+    for index, (caption, kept) in enumerate(panels):
+        for view, view_name in enumerate(layout.views):
+            axes = figure.add_subplot(rows, columns, index * views + view + 1)
+            mask = np.full(pixels.shape[:2], 0.25, dtype=np.float32)
+            for token in kept:
+                box = layout.boxes[token]
+                if box is not None and box[0] == view:
+                    x0, y0, x1, y1 = (round(v) for v in box[1:])
+                    mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = 1.0
+            axes.imshow(pixels * mask[..., None], interpolation="nearest")
+            mine = [box for box in layout.boxes if box is not None and box[0] == view]
+            x_lo, x_hi = max(min(b[1] for b in mine), 0), min(max(b[3] for b in mine), image.width)
+            y_lo, y_hi = max(min(b[2] for b in mine), 0), min(max(b[4] for b in mine), image.height)
+            for x in sorted({b[1] for b in mine} | {b[3] for b in mine}):
+                if 0 <= x <= image.width:
+                    axes.plot([x - 0.5] * 2, [y_lo - 0.5, y_hi - 0.5], color="white", linewidth=0.3, alpha=0.5)
+            for y in sorted({b[2] for b in mine} | {b[4] for b in mine}):
+                if 0 <= y <= image.height:
+                    axes.plot([x_lo - 0.5, x_hi - 0.5], [y - 0.5] * 2, color="white", linewidth=0.3, alpha=0.5)
+            axes.set_title(caption if views == 1 else f"{caption}\n{view_name}", fontsize=7)
+            axes.set_xlim(-0.5, image.width - 0.5)
+            axes.set_ylim(image.height - 0.5, -0.5)
+            axes.set_xticks([])
+            axes.set_yticks([])
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    _save_png(figure, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -12,6 +13,8 @@ from torch import Tensor
 from ..graph.args import LlavaArgs
 from ..models.anyres import num_tiles
 from ..models.prompt import PromptParts, check_context, format_prompt, left_pad, split_prompt
+
+Row = TypeVar("Row")
 
 
 @dataclass
@@ -135,10 +138,10 @@ def image_token_groups(batch: PreparedBatch) -> list[list[int]]:
     return [[i for i, n in enumerate(counts) if n == count] for count in sorted(set(counts))]
 
 
-def per_image_token_count(batch: PreparedBatch, generate: Callable[[PreparedBatch], list[list[int]]]):
-    """Run `generate` on each image-token-count group and put the rows back in order."""
-    rows: list[list[int]] = [[] for _ in batch.parts]
+def per_image_token_count(batch: PreparedBatch, generate: Callable[[PreparedBatch], list[Row]]) -> list[Row]:
+    """Run `generate` on each image-token-count group and put its per-row results back in order."""
+    rows: list[Row | None] = [None] * len(batch.parts)
     for members in image_token_groups(batch):
-        for i, tokens in zip(members, generate(subset_rows(batch, members)), strict=True):
-            rows[i] = tokens
+        for i, row in zip(members, generate(subset_rows(batch, members)), strict=True):
+            rows[i] = row
     return rows

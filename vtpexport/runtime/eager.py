@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..graph.decoder import PrefillOutput
+from ..graph.llava import ImageTokens
 from ..models.anyres import packing_index
 from ..models.loader import LoadedModel
 from ..models.text_encoder import attach_text_encoder
@@ -31,23 +32,29 @@ def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
 
 
 @torch.no_grad()
+def selected_image_tokens(model: LoadedModel, image: Image.Image, recipe: Recipe, question: str | None) -> ImageTokens:
+    """The recipe's selector applied to a LLaVA-1.5 image (a text-guided one reads the question)."""
+    device = model.graph.decoder.embed_tokens.weight.device
+    tiles, _ = image_tiles(model.image_processor, model.args, image)
+    tiles = tiles.to(device)
+    if not recipe.selector.text_guided:
+        return model.graph.select_image_tokens(tiles, recipe.selector)
+    encoder = model.text_encoder
+    return model.graph.select_image_tokens(
+        tiles, recipe.selector, encoder.embed([question]), encoder.module.visual_projection
+    )
+
+
+@torch.no_grad()
 def image_embeddings(
     model: LoadedModel, image: Image.Image, recipe: Recipe | None = None, question: str | None = None
 ) -> Tensor:
-    """The image's visual tokens [n, D] in prompt order, after the recipe's selector if any
-    (a text-guided selector reads the question)."""
+    """The image's visual tokens [n, D] in prompt order, after the recipe's selector if any."""
+    if recipe is not None and recipe.selector is not None:
+        return selected_image_tokens(model, image, recipe, question).embeds[0]
     device = model.graph.decoder.embed_tokens.weight.device
     tiles, size = image_tiles(model.image_processor, model.args, image)
-    tiles = tiles.to(device)
-    if recipe is not None and recipe.selector is not None:
-        if recipe.selector.text_guided:
-            encoder = model.text_encoder
-            text = encoder.embed([question])
-            return model.graph.select_image_tokens(
-                tiles, recipe.selector, text, encoder.module.visual_projection
-            ).embeds[0]
-        return model.graph.select_image_tokens(tiles, recipe.selector).embeds[0]
-    features = model.graph.tile_features(tiles)
+    features = model.graph.tile_features(tiles.to(device))
     if model.args.family == "llava-next":
         return model.graph.pack_tiles(features, torch.from_numpy(packing_index(size, model.args)).to(device))
     return features[0]
@@ -88,11 +95,23 @@ def greedy_generate(
 ) -> list[list[int]]:
     """Greedy decoding with the KV cache. The recipe's schedule prunes the prefill; its
     selector was applied in `prepare`. Rows run in groups of equal image token count."""
+    return [tokens for tokens, _ in generate_with_logits(model, batch, max_new_tokens, stop_token_ids, recipe)]
+
+
+@torch.no_grad()
+def generate_with_logits(
+    model: LoadedModel,
+    batch: PreparedBatch,
+    max_new_tokens: int,
+    stop_token_ids: tuple[int, ...] | None = None,
+    recipe: Recipe | None = None,
+) -> list[tuple[list[int], Tensor]]:
+    """`greedy_generate`, and each row's first-position logits [V] (what evaluation compares)."""
     graph = model.graph
     schedule = recipe.schedule if recipe else None
     stops = default_stops(model.tokenizer) if stop_token_ids is None else stop_token_ids
 
-    def generate_group(group: PreparedBatch) -> list[list[int]]:
+    def generate_group(group: PreparedBatch) -> list[tuple[list[int], Tensor]]:
         out = prefill(model, group, schedule)
         state = {"caches": out.caches}
 
@@ -101,6 +120,21 @@ def greedy_generate(
             state["caches"] = result.caches
             return result.logits
 
-        return greedy_loop(out.logits, step, max_new_tokens, stops)
+        return list(zip(greedy_loop(out.logits, step, max_new_tokens, stops), out.logits, strict=True))
 
     return per_image_token_count(batch, generate_group)
+
+
+@torch.no_grad()
+def kept_image_tokens(
+    model: LoadedModel, image: Image.Image, prompt: str, recipe: Recipe
+) -> tuple[Tensor | None, dict[int, Tensor]]:
+    """Which image tokens a recipe keeps for one prompt: the selector's patch raster indices
+    [k] (-1: PruMerge's merged token; None without a selector), and for each layer where the
+    schedule drops, the indices [k_l] into the tokens that entered the LLM kept there."""
+    patch_index = None
+    if recipe.selector is not None:
+        check_recipe_applies(model, recipe)
+        patch_index = selected_image_tokens(model, image, recipe, prompt).patch_index[0]
+    out = prefill(model, prepare(model, [image], [prompt], 1, recipe), recipe.schedule)
+    return patch_index, {layer: ids[0] for layer, ids in sorted(out.kept_ids.items())}

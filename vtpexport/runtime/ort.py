@@ -108,15 +108,22 @@ class OrtRunner:
 
     def generate(self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None):
         """Greedy decoding with the exported graphs."""
+        return [tokens for tokens, _ in self.generate_with_logits(batch, max_new_tokens, stop_token_ids)]
+
+    def generate_with_logits(
+        self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None
+    ) -> list[tuple[list[int], Tensor]]:
+        """`generate`, and each row's first-position logits [V] (what evaluation compares)."""
         stops = default_stops(self.tokenizer) if stop_token_ids is None else stop_token_ids
 
-        def generate_group(group: PreparedBatch) -> list[list[int]]:
+        def generate_group(group: PreparedBatch) -> list[tuple[list[int], Tensor]]:
             state = {"outputs": self.prefill(group)}
+            first_logits = torch.from_numpy(state["outputs"]["logits"])
 
             def step(token: Tensor) -> Tensor:
                 state["outputs"] = self.decode(token, state["outputs"])
                 return torch.from_numpy(state["outputs"]["logits"])
 
-            return greedy_loop(torch.from_numpy(state["outputs"]["logits"]), step, max_new_tokens, stops)
+            return list(zip(greedy_loop(first_logits, step, max_new_tokens, stops), first_logits, strict=True))
 
         return per_image_token_count(batch, generate_group)
