@@ -12,6 +12,7 @@ from PIL import Image
 from .dataset import load_samples, read_dataset
 from .errors import UserError
 from .export.manifest import changed_files, read_manifest
+from .export.precision import precision
 from .models.loader import load_model
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
 from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
@@ -66,10 +67,11 @@ def synthetic_samples() -> list[tuple[Image.Image, str]]:
 
 
 def _model_for(manifest: dict, model_spec: str | None, weights: str | None):
+    """The eager reference, in the export's precision so that only the export's error is measured."""
     if model_spec is None:
         source = Path(manifest["model"]["source"])
         model_spec = str(source) if source.is_dir() else manifest["model"]["name"]
-    return load_model(model_spec, weights)
+    return load_model(model_spec, weights, precision(manifest["precision"]).torch_dtype)
 
 
 def verify_export(
@@ -78,11 +80,14 @@ def verify_export(
     weights: str | None = None,
     data: str | None = None,
     max_new_tokens: int = 20,
-    tolerance: float = 1e-4,
+    tolerance: float | None = None,
     backend: str = "ort",
 ) -> VerifyReport:
+    """tolerance: max abs error per graph; default the export precision's (1e-4 for fp32)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if tolerance is None:
+        tolerance = precision(manifest["precision"]).verify_tolerance
     report = VerifyReport(tolerance)
     report.changed_files = changed_files(folder, manifest)
     if report.changed_files:

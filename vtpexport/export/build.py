@@ -24,6 +24,7 @@ from ..runtime.eager import check_recipe_applies
 from .lint import format_issues, lint_model
 from .manifest import write_manifest
 from .onnx_export import IR_VERSION, export_all
+from .precision import precision as find_precision
 from .spec import ExportLimits, dim_ranges, graph_specs, image_token_range, stage_of_layer
 
 # Files a model folder carries besides weights that the runtime needs.
@@ -80,15 +81,20 @@ def build_onnx(
     opset: int = 18,
     force: bool = False,
     report: Callable[[str], None] = lambda message: None,
+    precision: str = "fp32",
 ) -> Path:
-    """Export vision, prefill and decode graphs with the recipe baked in; returns the folder."""
+    """Export vision, prefill and decode graphs with the recipe baked in; returns the folder.
+
+    precision: fp32, fp16 or bf16 weights and activations (norms, softmax and scores stay fp32).
+    """
+    chosen = find_precision(precision)
     if not SUPPORTED_OPSETS[0] <= opset <= SUPPORTED_OPSETS[1]:
         raise UserError(f"--opset {opset} is outside {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[1]}")
     recipe = Recipe.load(recipe_path) if recipe_path else None
     model_spec = model_spec or (recipe.model.name if recipe else None)
     if model_spec is None:
         raise UserError("pass --model (or a --recipe, whose model is used)")
-    model = load_model(model_spec, weights, torch.float32)
+    model = load_model(model_spec, weights, chosen.torch_dtype)
     check_recipe_applies(model, recipe)
     args = model.args
     if args.text.sliding_window is not None:
@@ -96,7 +102,7 @@ def build_onnx(
     destination = Path(out) if out else default_output(recipe, model_spec)
     staging = _staging_folder(destination, force)
     try:
-        specs = graph_specs(args, recipe)
+        specs = graph_specs(args, recipe, chosen.dtype_name)
         expressions = export_all(model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"))
         for name in MODEL_FILES:
             if (model.source.folder / name).is_file():
@@ -114,7 +120,7 @@ def build_onnx(
         ]
         if issues:
             raise UserError(f"lint failed ({len(issues)} issue(s)): {format_issues(issues[:1]).strip()}")
-        write_manifest(staging, _manifest(model, model_spec, recipe, specs, expressions, ranges, opset))
+        write_manifest(staging, _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, chosen.name))
         _move_into_place(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -122,7 +128,7 @@ def build_onnx(
     return destination
 
 
-def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> dict:
+def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, precision) -> dict:
     args = model.args
     schedule = recipe.schedule if recipe else None
     n_min, n_opt, n_max = image_token_range(args, None)
@@ -133,7 +139,7 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> d
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": f"vtpexport {__version__}",
         "engine": "onnx",
-        "precision": "fp32",
+        "precision": precision,
         "opset": opset,
         "ir_version": IR_VERSION,
         "model": {

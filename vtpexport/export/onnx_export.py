@@ -48,14 +48,13 @@ def example_inputs(llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, Gr
     exporter neither specialises a dimension to 1 nor merges two that merely look equal."""
     args = llava.args
     generator = torch.Generator().manual_seed(0)
-    dtype = llava.decoder.embed_tokens.weight.dtype
     side = args.vision.image_size
     if args.family == "llava-next":
         size = (side * 2, side)  # a 2x1 tile grid: tiles and image tokens both vary
         tiles = torch.randn(num_tiles(size, args), args.vision.num_channels, side, side, generator=generator)
-        vision = (tiles.to(dtype), torch.from_numpy(packing_index(size, args)))
+        vision = (tiles, torch.from_numpy(packing_index(size, args)))
     else:
-        vision = (torch.randn(2, args.vision.num_channels, side, side, generator=generator).to(dtype),)
+        vision = (torch.randn(2, args.vision.num_channels, side, side, generator=generator),)
     with torch.no_grad():
         embeds = VisionGraph(llava, recipe)(*vision)
     image_embeds = embeds[0] if isinstance(embeds, tuple) else embeds

@@ -48,14 +48,15 @@ def stage_of_layer(schedule: ScheduleSpec | None, num_layers: int) -> list[int]:
 
 
 def vision_spec(args: LlavaArgs, dtype: str) -> GraphSpec:
+    # Pixels stay fp32 at every precision (the graph casts them): the host's preprocessing is one.
     v, d = args.vision, args.text.hidden_size
     if args.family == "llava-next":
         inputs = (
-            TensorSpec("pixel_values", dtype, ("tiles", v.num_channels, v.image_size, v.image_size)),
+            TensorSpec("pixel_values", "float32", ("tiles", v.num_channels, v.image_size, v.image_size)),
             TensorSpec("packing_index", "int64", ("image_tokens",)),
         )
         return GraphSpec("vision", inputs, (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
-    inputs = (TensorSpec("pixel_values", dtype, ("batch", v.num_channels, v.image_size, v.image_size)),)
+    inputs = (TensorSpec("pixel_values", "float32", ("batch", v.num_channels, v.image_size, v.image_size)),)
     outputs = (
         TensorSpec("image_embeds", dtype, ("batch", "image_tokens", d)),
         TensorSpec("patch_index", "int64", ("batch", "image_tokens")),
