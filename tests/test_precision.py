@@ -80,9 +80,10 @@ def test_low_precision_graphs_are_valid_and_keep_sensitive_ops_fp32(exports, pre
         # a fifth of this tiny tower, a fraction of a percent of a real one.
         assert low_count >= 0.75 * sum(np.prod(t.dims) for t in weights), path.name
         for value, declared in zip(model.graph.output, specs[path.stem].outputs, strict=True):
-            assert value.type.tensor_type.elem_type == onnx.helper.np_dtype_to_tensor_dtype(
-                np.dtype(declared.dtype)
-            ), (path.name, value.name)
+            assert value.type.tensor_type.elem_type == onnx.helper.np_dtype_to_tensor_dtype(np.dtype(declared.dtype)), (
+                path.name,
+                value.name,
+            )
 
 
 def test_manifest_records_precision(exports):

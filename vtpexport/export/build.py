@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from .. import __version__
 from ..errors import UserError
 from ..flops import exact_prefill_macs, paper_flops
