@@ -7,7 +7,7 @@ import click
 from .errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16")
-BACKENDS = ("ort", "ort-cuda", "ort-trt")
+BACKENDS = ("ort", "ort-cuda", "ort-trt", "trt")
 
 
 class _Cli(click.Group):
@@ -70,7 +70,8 @@ def run(
 ) -> None:
     """Answer a question about an image with greedy decoding.
 
-    With EXPORT_DIR the exported graphs run (ONNX Runtime); with --model our eager graph runs.
+    With EXPORT_DIR the exported graphs run (ONNX Runtime, or TensorRT engines with --backend trt);
+    with --model our eager graph runs.
     """
     from .models.images import load_image
 
@@ -82,9 +83,9 @@ def run(
     if not prompt.strip():
         raise UserError("empty prompt: pass a question with --prompt")
     if export_dir is not None:
-        from .runtime.ort import OrtRunner
+        from .runtime.exported import open_runner
 
-        runner = OrtRunner(export_dir, backend)
+        runner = open_runner(export_dir, backend)
         tokens = runner.generate(runner.prepare([image], [prompt], max_new_tokens), max_new_tokens)[0]
         tokenizer = runner.tokenizer
     else:
@@ -104,10 +105,11 @@ def run(
 
 @main.command()
 @click.option("--recipe", "recipe_path", default=None, help="Recipe YAML to bake in.")
+@click.option("--from", "from_dir", default=None, help="Build engines for an existing export folder (no ONNX export).")
 @click.option("--model", "model_spec", default=None, help="Model (default: the recipe's model).")
 @click.option("--weights", default=None, help="Folder with the alias's weights.")
 @click.option("--no-prune", is_flag=True, help="Export the unpruned baseline (ignores --recipe).")
-@click.option("--engine", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
 @click.option("--out", default=None, help="Output folder (default: exported/<recipe name>).")
 @click.option(
     "--precision",
@@ -121,8 +123,19 @@ def run(
 @click.option("--max-prompt-len", type=click.IntRange(1, 1 << 15), default=256, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1, 1 << 15), default=128, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option(
+    "--workspace",
+    "workspace_gib",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="TensorRT workspace limit in GiB (default 4).",
+)
+@click.option("--timing-cache", default=None, help="TensorRT timing cache file: loaded if present, reused, saved.")
 def build(
     recipe_path,
+    from_dir,
+    workspace_gib,
+    timing_cache,
     model_spec,
     weights,
     no_prune,
@@ -135,11 +148,29 @@ def build(
     max_new_tokens,
     force,
 ) -> None:
-    """Export vision / prefill / decode ONNX graphs with the recipe baked in, plus a manifest."""
+    """Export vision / prefill / decode ONNX graphs with the recipe baked in, plus a manifest;
+    with --engine trt also build TensorRT engines (or, with --from, only build them)."""
     import time
 
     from .export.build import build_onnx
     from .export.spec import ExportLimits
+    from .export.tensorrt import build_engines
+
+    start = time.monotonic()
+
+    def report(message: str) -> None:
+        click.echo(f"[{time.monotonic() - start:6.1f}s] {message}", err=True)
+
+    if from_dir is not None:
+        if recipe_path or model_spec or weights or no_prune:
+            raise UserError(
+                "--from builds engines for an existing export; --recipe, --model and --no-prune do not apply"
+            )
+        if engine != "trt":
+            raise UserError("--from needs --engine trt (the ONNX graphs are already in the folder)")
+        build_engines(from_dir, workspace_gib, timing_cache, report)
+        click.echo(f"wrote TensorRT engines to {from_dir}")
+        return
 
     if no_prune:
         if recipe_path and model_spec is None:
@@ -147,14 +178,14 @@ def build(
 
             model_spec = Recipe.load(recipe_path).model.name
         recipe_path = None
-    start = time.monotonic()
-
-    def report(message: str) -> None:
-        click.echo(f"[{time.monotonic() - start:6.1f}s] {message}", err=True)
-
     limits = ExportLimits(max_batch=max_batch, max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens)
     folder = build_onnx(model_spec, recipe_path, out, weights, limits, opset, force, report, precision)
-    click.echo(f"wrote {folder}")
+    if engine == "trt":  # the ONNX is progress here, so a refusal prints its one error line and nothing else
+        report(f"wrote {folder}")
+        build_engines(folder, workspace_gib, timing_cache, report)
+        click.echo(f"wrote {folder} with TensorRT engines")
+    else:
+        click.echo(f"wrote {folder}")
 
 
 @main.command()

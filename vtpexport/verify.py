@@ -16,7 +16,7 @@ from .export.precision import precision
 from .models.loader import load_model
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
 from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
-from .runtime.ort import OrtRunner
+from .runtime.exported import open_runner
 
 DEFAULT_QUESTIONS = ["What is in the picture?", "How many shapes are there?", "Describe the colours."]
 
@@ -92,7 +92,7 @@ def verify_export(
     report.changed_files = changed_files(folder, manifest)
     if report.changed_files:
         return report
-    runner = OrtRunner(folder, backend)
+    runner = open_runner(folder, backend)
     model = _model_for(manifest, model_spec, weights)
     if model.args.config_hash() != manifest["model"]["config_hash"]:
         raise UserError(

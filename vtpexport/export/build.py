@@ -24,6 +24,7 @@ from .manifest import write_manifest
 from .onnx_export import IR_VERSION, export_all
 from .precision import precision as find_precision
 from .spec import ExportLimits, dim_ranges, graph_specs, image_token_range, stage_of_layer
+from .tensorrt import PROFILES, engine_profiles, profiles_json
 
 # Files a model folder carries besides weights that the runtime needs.
 MODEL_FILES = (
@@ -118,7 +119,9 @@ def build_onnx(
         ]
         if issues:
             raise UserError(f"lint failed ({len(issues)} issue(s)): {format_issues(issues[:1]).strip()}")
-        write_manifest(staging, _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, chosen.name))
+        content = _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, chosen.name)
+        (staging / PROFILES).write_text(profiles_json(engine_profiles(content)))
+        write_manifest(staging, content)
         _move_into_place(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

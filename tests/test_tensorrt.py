@@ -1,0 +1,234 @@
+"""The TensorRT path without TensorRT: profiles from the manifest for every schedule, their checks,
+flag and enum selection on fakes of TensorRT 10.0 / 10.16 / 11.1 (tests/fake_tensorrt.py), the
+engine build around the builder (timing cache, errors by node, manifest), and the refusals of
+`build --engine trt` and `--backend trt` on a machine without TensorRT or a GPU."""
+
+import json
+import shutil
+import sys
+
+import pytest
+from click.testing import CliRunner
+from fake_tensorrt import TENSORRT_NAMES, ParserError, fake_tensorrt
+
+import vtpexport.export.tensorrt as tensorrt_build
+from vtpexport.cli import main
+from vtpexport.errors import UserError
+from vtpexport.export.manifest import changed_files, read_manifest
+from vtpexport.export.spec import ExportLimits, dim_ranges, graph_specs, stage_of_layer
+from vtpexport.export.tensorrt import (
+    InputProfile,
+    build_engine,
+    check_profiles,
+    engine_profiles,
+    network_flags,
+)
+from vtpexport.models.loader import architecture
+from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec
+
+MODEL = "tiny-llava-1.5"
+SCHEDULES = {
+    "fitprune": ScheduleSpec("fitprune", drop=(0, 12, 9, 0), visual_tokens=36),
+    "pyramiddrop": ScheduleSpec("pyramiddrop", layers=(1, 2, 3), ratio=0.5),
+    "fastv": ScheduleSpec("fastv", layer=2, ratio=0.5),
+}
+
+
+def recipe_for(method: str | None) -> Recipe | None:
+    if method is None:
+        return None
+    args = architecture(MODEL)
+    return Recipe(method, ModelRef(args.family, MODEL, args.config_hash()), None, SCHEDULES[method])
+
+
+def manifest_for(recipe: Recipe | None, limits: ExportLimits | None = None) -> dict:
+    """The parts of a manifest that profiles read, from the same declarations the exporter uses."""
+    args = architecture(MODEL)
+    ranges = dim_ranges(args, recipe, limits or ExportLimits())
+    return {
+        "graphs": {name: spec.to_dict() for name, spec in graph_specs(args, recipe).items()},
+        "dims": {name: dict(zip(("min", "opt", "max"), r, strict=True)) for name, r in ranges.items()},
+    }
+
+
+@pytest.mark.parametrize("method", [None, *sorted(SCHEDULES)])
+def test_profiles_follow_manifest_ranges_with_a_kv_range_per_stage(method):
+    recipe = recipe_for(method)
+    limits = ExportLimits(max_batch=3, max_prompt_len=50, max_new_tokens=20)
+    manifest = manifest_for(recipe, limits)
+    profiles = engine_profiles(manifest)
+    assert set(profiles) == {"vision", "prefill", "decode"}
+    assert profiles["prefill"]["prefix_ids"] == InputProfile((1, 1), (1, 32), (3, 50))
+    assert profiles["decode"]["input_ids"] == InputProfile((1, 1), (1, 1), (3, 1))
+    args = architecture(MODEL)
+    stages = stage_of_layer(recipe.schedule if recipe else None, args.text.num_layers)
+    expected_stages = {None: 1, "fitprune": 3, "pyramiddrop": 4, "fastv": 2}[method]
+    assert stages[-1] + 1 == expected_stages
+    kv_max = []
+    for stage in range(expected_stages):
+        r = manifest["dims"][f"past_len_{stage}"]
+        kv_max.append(r["max"])
+        layers = [i for i, s in enumerate(stages) if s == stage]
+        for layer in layers:
+            key = profiles["decode"][f"past_key_values.{layer}.key"]
+            assert key.min[2] == r["min"] and key.opt[2] == r["opt"] and key.max[2] == r["max"]
+            assert key.max == (3, args.text.num_kv_heads, r["max"], args.text.head_dim)
+        assert profiles["decode"][f"past_mask.{stage}"].max == (3, r["max"])
+    # Pruning shortens later stages' caches: their ranges shrink with the schedule.
+    assert kv_max == sorted(kv_max, reverse=True)
+    if method is not None:
+        assert kv_max[-1] < kv_max[0]
+    for shapes in profiles.values():
+        for p in shapes.values():
+            assert all(lo <= op <= hi for lo, op, hi in zip(p.min, p.opt, p.max, strict=True))
+    # prefill's outputs feed decode: its KV output dims are decode's input dims by name.
+    assert manifest["graphs"]["prefill"]["outputs"][1]["dims"][2] == "kv_len_0"
+
+
+def test_profiles_are_refused_before_any_build(tmp_path):
+    manifest = manifest_for(recipe_for("fastv"))
+    manifest["dims"]["prefix_len"] = {"min": 8, "opt": 4, "max": 16}
+    with pytest.raises(UserError, match=r"prefill profile: input prefix_ids axis 1 has min/opt/max 8/4/16"):
+        check_profiles(tmp_path, manifest, engine_profiles(manifest))
+    del manifest["dims"]["suffix_len"]
+    with pytest.raises(UserError, match="no range for dimension suffix_len"):
+        engine_profiles(manifest)
+
+
+@pytest.mark.parametrize("version", sorted(TENSORRT_NAMES))
+def test_network_is_strongly_typed_by_name_on_every_version(version):
+    trt = fake_tensorrt(version)
+    flags = network_flags(trt)
+    if version.startswith("10."):
+        assert flags == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+        assert hasattr(trt.BuilderFlag, "FP16")  # weak typing is the default there, hence the flag
+    else:  # 11: always strongly typed; the flag is deprecated and EXPLICIT_BATCH / FP16 are gone
+        assert flags == 0
+        for removed in ("FP16", "BF16", "INT8", "OBEY_PRECISION_CONSTRAINTS"):
+            assert not hasattr(trt.BuilderFlag, removed)
+        assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+
+
+@pytest.mark.parametrize("version", sorted(TENSORRT_NAMES))
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_build_engine_calls_on_each_version(tmp_path, version, precision):
+    trt = fake_tensorrt(version)
+    profile = {"prefix_ids": InputProfile((1, 1), (1, 32), (4, 256))}
+    engine, cache = build_engine(trt, tmp_path / "prefill.onnx", profile, precision, 1 << 30, b"old;")
+    assert engine == f"engine of prefill.onnx (TensorRT {version})".encode()
+    assert cache == b"old;prefill.onnx;"
+    calls = trt.calls
+    assert ("create_network", network_flags(trt)) in calls
+    assert ("set_memory_pool_limit", trt.MemoryPoolType.WORKSPACE, 1 << 30) in calls
+    assert ("add_optimization_profile", {"prefix_ids": ((1, 1), (1, 32), (4, 256))}) in calls
+    assert ("create_timing_cache", b"old;") in calls
+    # Precision is the graph's: no precision flag is ever set, and fp32 turns TF32 off.
+    assert not [c for c in calls if c[0] == "set_flag"]
+    assert (("clear_flag", trt.BuilderFlag.TF32) in calls) == (precision == "fp32")
+
+
+def test_parser_and_builder_errors_name_the_node(tmp_path):
+    trt = fake_tensorrt("11.1.0", parse_errors=[ParserError(17, "node_TopK_3", "TopK", "K exceeds the maximum")])
+    with pytest.raises(UserError, match=r"cannot parse decode.onnx: node 17 'node_TopK_3' \(TopK\): K exceeds"):
+        build_engine(trt, tmp_path / "decode.onnx", {}, "fp16", 1 << 20, b"")
+    trt = fake_tensorrt("10.16.0", build_error="[node_softmax_2]: no implementation for this shape")
+    with pytest.raises(UserError, match=r"could not build vision.onnx: \[node_softmax_2\]: no implementation"):
+        build_engine(trt, tmp_path / "vision.onnx", {}, "fp32", 1 << 20, b"")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    """The command failed with exit 2 and its only non-progress line is one 'error:' line."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def refused_export(tmp_path_factory):
+    """`build --recipe R --engine trt` without TensorRT: the export is written, the build refused."""
+    root = tmp_path_factory.mktemp("trt")
+    recipe = recipe_for("fastv")
+    recipe.save(root / "fastv.yaml")
+    out = root / "exported" / "fastv"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "tensorrt", None)  # import tensorrt fails, even where it is installed
+        result = invoke("build", "--recipe", root / "fastv.yaml", "--engine", "trt", "--out", out, "--workspace", 2)
+    return out, result
+
+
+def test_build_trt_without_tensorrt_writes_the_export_and_says_how_to_finish(refused_export):
+    out, result = refused_export
+    line = one_error_line(result)
+    assert "TensorRT is not installed here" in line
+    assert line.endswith(
+        f"finish on a GPU machine with TensorRT: vtpexport build --from {out} --engine trt --workspace 2"
+    )
+    manifest = read_manifest(out)
+    assert changed_files(out, manifest) == []
+    assert {"vision.onnx", "prefill.onnx", "decode.onnx", "profiles.json"} <= set(manifest["files"])
+    profiles = json.loads((out / "profiles.json").read_text())
+    derived = engine_profiles(manifest)
+    assert profiles["decode"]["past_key_values.3.key"]["max"] == list(derived["decode"]["past_key_values.3.key"].max)
+    assert "tensorrt" not in manifest and not list(out.glob("*.plan"))
+
+
+def test_build_from_without_gpu_refuses_then_builds_with_fake_tensorrt(refused_export, tmp_path, monkeypatch):
+    folder = tmp_path / "fastv"
+    shutil.copytree(refused_export[0], folder)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("11.1.0"))
+
+    def no_gpu():
+        raise UserError("no CUDA GPU is visible here")
+
+    monkeypatch.setattr(tensorrt_build, "cuda_device", no_gpu)
+    line = one_error_line(invoke("build", "--from", folder, "--engine", "trt"))
+    assert line == (
+        f"error: no CUDA GPU is visible here: {folder} has the ONNX graphs, manifest.json and profiles.json; "
+        f"finish on a GPU machine with TensorRT: vtpexport build --from {folder} --engine trt"
+    )
+
+    monkeypatch.setattr(tensorrt_build, "cuda_device", lambda: ("Fake GPU", "8.9"))
+    cache = tmp_path / "timing.cache"
+    result = invoke("build", "--from", folder, "--engine", "trt", "--timing-cache", cache)
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(folder)
+    assert manifest["engine"] == "trt"
+    assert manifest["tensorrt"] | {"workspace_bytes": None} == {
+        "version": "11.1.0",
+        "gpu": "Fake GPU",
+        "compute_capability": "8.9",
+        "workspace_bytes": None,
+        "engines": {"vision": "vision.plan", "prefill": "prefill.plan", "decode": "decode.plan"},
+        "profiles": "profiles.json",
+    }
+    assert (folder / "decode.plan").read_bytes() == b"engine of decode.onnx (TensorRT 11.1.0)"
+    assert changed_files(folder, manifest) == [] and "decode.plan" in manifest["files"]
+    # One cache across the three builds, saved, then loaded by the next build.
+    assert cache.read_bytes() == b"vision.onnx;prefill.onnx;decode.onnx;"
+    assert invoke("build", "--from", folder, "--engine", "trt", "--timing-cache", cache).exit_code == 0
+    assert cache.read_bytes().startswith(b"vision.onnx;prefill.onnx;decode.onnx;vision.onnx;")
+
+    # Engines from a fake TensorRT cannot run here, and the runner says why in one line.
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    line = one_error_line(invoke("verify", folder, "--backend", "trt"))
+    assert "TensorRT is not installed here" in line and "--backend trt runs engines on a CUDA GPU" in line
+
+
+def test_build_from_refuses_a_tampered_export_and_wrong_options(refused_export, tmp_path):
+    folder = tmp_path / "fastv"
+    shutil.copytree(refused_export[0], folder)
+    assert "--from needs --engine trt" in one_error_line(invoke("build", "--from", folder))
+    assert "do not apply" in one_error_line(invoke("build", "--from", folder, "--engine", "trt", "--model", MODEL))
+    (folder / "prefill.onnx").write_bytes(b"changed")
+    assert "prefill.onnx (sha256 differs)" in one_error_line(invoke("build", "--from", folder, "--engine", "trt"))
+
+
+def test_trt_backend_on_an_export_without_engines(refused_export, image_file):
+    out, _ = refused_export
+    line = one_error_line(invoke("run", out, "--image", image_file, "--prompt", "What?", "--backend", "trt"))
+    assert line == f"error: {out} has no TensorRT engines; build them with: vtpexport build --from {out} --engine trt"
