@@ -222,7 +222,7 @@ def test_build_from_without_gpu_refuses_then_builds_with_fake_tensorrt(refused_e
 def test_build_from_refuses_a_tampered_export_and_wrong_options(refused_export, tmp_path):
     folder = tmp_path / "fastv"
     shutil.copytree(refused_export[0], folder)
-    assert "--from needs --engine trt" in one_error_line(invoke("build", "--from", folder))
+    assert "--from needs --engine trt or --triton-repo" in one_error_line(invoke("build", "--from", folder))
     assert "do not apply" in one_error_line(invoke("build", "--from", folder, "--engine", "trt", "--model", MODEL))
     (folder / "prefill.onnx").write_bytes(b"changed")
     assert "prefill.onnx (sha256 differs)" in one_error_line(invoke("build", "--from", folder, "--engine", "trt"))
@@ -232,3 +232,143 @@ def test_trt_backend_on_an_export_without_engines(refused_export, image_file):
     out, _ = refused_export
     line = one_error_line(invoke("run", out, "--image", image_file, "--prompt", "What?", "--backend", "trt"))
     assert line == f"error: {out} has no TensorRT engines; build them with: vtpexport build --from {out} --engine trt"
+
+
+def parse_config(path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_triton_repo_configs_parse_with_tritons_model_config(refused_export, tmp_path):
+    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    out, _ = refused_export
+    repo = tmp_path / "triton"
+    result = invoke("build", "--from", out, "--triton-repo", repo)
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(out)
+    models = sorted(p.name for p in repo.iterdir())
+    assert models == ["fastv_decode", "fastv_generate", "fastv_prefill", "fastv_vision"]
+    for graph in ("vision", "prefill", "decode"):
+        config = parse_config(repo / f"fastv_{graph}" / "config.pbtxt")
+        assert config.name == f"fastv_{graph}" and config.backend == "onnxruntime"
+        assert (repo / f"fastv_{graph}" / "1" / "model.onnx").read_bytes() == (out / f"{graph}.onnx").read_bytes()
+        declared = manifest["graphs"][graph]
+        for kind, values in (("inputs", config.input), ("outputs", config.output)):
+            assert [v.name for v in values] == [t["name"] for t in declared[kind]]
+            for value, tensor in zip(values, declared[kind], strict=True):
+                assert list(value.dims) == [-1 if isinstance(d, str) else d for d in tensor["dims"]]
+                assert value.data_type == parse_config_type(tensor["dtype"])
+    generate = parse_config(repo / "fastv_generate" / "config.pbtxt")
+    assert generate.backend == "python" and [i.name for i in generate.input] == ["image", "prompt", "max_new_tokens"]
+    assert json.loads(generate.parameters["graph_models"].string_value)["decode"] == "fastv_decode"
+    assert (repo / "fastv_generate" / "1" / "export" / "tokenizer.json").is_file()
+    assert not list((repo / "fastv_generate" / "1" / "export").glob("*.onnx"))
+    assert "already exists" in one_error_line(invoke("build", "--from", out, "--triton-repo", repo))
+
+
+def parse_config_type(dtype: str) -> int:
+    from tritonclient.grpc import model_config_pb2
+
+    from vtpexport.export.triton import TRITON_TYPES
+
+    return model_config_pb2.DataType.Value(TRITON_TYPES[dtype])
+
+
+def test_triton_repo_uses_engines_when_built(refused_export, tmp_path, monkeypatch):
+    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    folder = tmp_path / "fastv"
+    shutil.copytree(refused_export[0], folder)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.16.0"))
+    monkeypatch.setattr(tensorrt_build, "cuda_device", lambda: ("Fake GPU", "9.0"))
+    result = invoke("build", "--from", folder, "--engine", "trt", "--triton-repo", tmp_path / "repo")
+    assert result.exit_code == 0, result.output
+    config = parse_config(tmp_path / "repo" / "fastv_prefill" / "config.pbtxt")
+    assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+    plan = tmp_path / "repo" / "fastv_prefill" / "1" / "model.plan"
+    assert plan.read_bytes() == b"engine of prefill.onnx (TensorRT 10.16.0)"
+
+
+def test_triton_python_model_generates_like_the_ort_runner(refused_export, tmp_path, monkeypatch, image_file):
+    """model.py run against a stand-in of Triton's pb_utils whose BLS requests go to ONNX Runtime
+    sessions of the repository's own model files: the same tokens as OrtRunner."""
+    import importlib.util
+    import types
+
+    import numpy as np
+    import onnxruntime as ort
+    from google.protobuf import json_format
+    from PIL import Image
+
+    from vtpexport.runtime.ort import OrtRunner
+
+    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    out, _ = refused_export
+    repo = tmp_path / "repo"
+    assert invoke("build", "--from", out, "--triton-repo", repo).exit_code == 0
+    sessions = {}
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class Response:
+        def __init__(self, output_tensors=(), error=None):
+            self.output_tensors, self.error_value = list(output_tensors), error
+
+        def has_error(self):
+            return self.error_value is not None
+
+    class InferenceRequest:
+        def __init__(self, model_name, requested_output_names, inputs):
+            self.model, self.outputs, self.inputs = model_name, requested_output_names, inputs
+
+        def exec(self):
+            if self.model not in sessions:
+                sessions[self.model] = ort.InferenceSession(str(repo / self.model / "1" / "model.onnx"))
+            values = sessions[self.model].run(self.outputs, {t.name: t.array for t in self.inputs})
+            return Response([Tensor(n, v) for n, v in zip(self.outputs, values, strict=True)])
+
+    def by_name(holder, name):
+        tensors = holder.inputs if isinstance(holder, InferenceRequest) else holder.output_tensors
+        return next((t for t in tensors if t.name == name), None)
+
+    pb_utils = types.ModuleType("triton_python_backend_utils")
+    pb_utils.Tensor, pb_utils.InferenceRequest, pb_utils.InferenceResponse = Tensor, InferenceRequest, Response
+    pb_utils.get_input_tensor_by_name = pb_utils.get_output_tensor_by_name = by_name
+    pb_utils.TritonError = pb_utils.TritonModelException = RuntimeError
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb_utils)
+    spec = importlib.util.spec_from_file_location("triton_model", repo / "fastv_generate" / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    model = module.TritonPythonModel()
+    # Triton hands the model its config as JSON with the proto's field names.
+    config = json_format.MessageToJson(
+        parse_config(repo / "fastv_generate" / "config.pbtxt"), preserving_proto_field_name=True
+    )
+    model.initialize({"model_config": config, "model_repository": str(repo / "fastv_generate"), "model_version": "1"})
+    image = np.asarray(Image.open(image_file).convert("RGB"))
+    request = InferenceRequest(
+        "fastv_generate",
+        ["text"],
+        [
+            Tensor("image", image),
+            Tensor("prompt", np.array([b"What is it?"], dtype=np.object_)),
+            Tensor("max_new_tokens", np.array([6], dtype=np.int32)),
+        ],
+    )
+    (response,) = model.execute([request])
+    assert not response.has_error(), response.error_value
+    text = by_name(response, "text").as_numpy()[0].decode()
+    runner = OrtRunner(out)
+    pil = Image.fromarray(image)
+    expected = runner.tokenizer.decode(
+        runner.generate(runner.prepare([pil], ["What is it?"], 6), 6)[0], skip_special_tokens=True
+    ).strip()
+    assert text == expected and set(sessions) == {"fastv_vision", "fastv_prefill", "fastv_decode"}

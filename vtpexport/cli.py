@@ -131,11 +131,15 @@ def run(
     help="TensorRT workspace limit in GiB (default 4).",
 )
 @click.option("--timing-cache", default=None, help="TensorRT timing cache file: loaded if present, reused, saved.")
+@click.option(
+    "--triton-repo", default=None, help="Also write a Triton model repository here (graph models + generation)."
+)
 def build(
     recipe_path,
     from_dir,
     workspace_gib,
     timing_cache,
+    triton_repo,
     model_spec,
     weights,
     no_prune,
@@ -161,17 +165,22 @@ def build(
     def report(message: str) -> None:
         click.echo(f"[{time.monotonic() - start:6.1f}s] {message}", err=True)
 
+    def finish(folder) -> None:
+        if engine == "trt":
+            build_engines(folder, workspace_gib, timing_cache, report)
+            click.echo(f"wrote TensorRT engines to {folder}")
+        if triton_repo:
+            from .export.triton import write_triton_repo
+
+            click.echo(f"wrote Triton model repository {write_triton_repo(folder, triton_repo, force)}")
+
     if from_dir is not None:
         if recipe_path or model_spec or weights or no_prune:
-            raise UserError(
-                "--from builds engines for an existing export; --recipe, --model and --no-prune do not apply"
-            )
-        if engine != "trt":
-            raise UserError("--from needs --engine trt (the ONNX graphs are already in the folder)")
-        build_engines(from_dir, workspace_gib, timing_cache, report)
-        click.echo(f"wrote TensorRT engines to {from_dir}")
+            raise UserError("--from builds on an existing export; --recipe, --model and --no-prune do not apply")
+        if engine != "trt" and not triton_repo:
+            raise UserError("--from needs --engine trt or --triton-repo (the ONNX graphs are already in the folder)")
+        finish(from_dir)
         return
-
     if no_prune:
         if recipe_path and model_spec is None:
             from .recipe import Recipe
@@ -182,10 +191,9 @@ def build(
     folder = build_onnx(model_spec, recipe_path, out, weights, limits, opset, force, report, precision)
     if engine == "trt":  # the ONNX is progress here, so a refusal prints its one error line and nothing else
         report(f"wrote {folder}")
-        build_engines(folder, workspace_gib, timing_cache, report)
-        click.echo(f"wrote {folder} with TensorRT engines")
     else:
         click.echo(f"wrote {folder}")
+    finish(folder)
 
 
 @main.command()

@@ -48,7 +48,7 @@ def default_output(recipe: Recipe | None, model_spec: str) -> Path:
     return Path("exported") / name
 
 
-def _staging_folder(out: Path, force: bool) -> Path:
+def staging_folder(out: Path, force: bool) -> Path:
     if out.exists() and not force:
         raise UserError(f"{out} already exists; pass --force to replace it")
     try:
@@ -60,7 +60,7 @@ def _staging_folder(out: Path, force: bool) -> Path:
         raise UserError(f"cannot write the export to {out.parent}: {error.strerror or error}") from None
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
+def move_into_place(staging: Path, out: Path) -> None:
     if out.exists():
         retired = out.with_name(f".{out.name}.replaced")
         shutil.rmtree(retired, ignore_errors=True)
@@ -99,7 +99,7 @@ def build_onnx(
     if args.text.sliding_window is not None:
         raise UserError("sliding-window attention is not supported by the exporter yet (config sliding_window)")
     destination = Path(out) if out else default_output(recipe, model_spec)
-    staging = _staging_folder(destination, force)
+    staging = staging_folder(destination, force)
     try:
         specs = graph_specs(args, recipe, chosen.dtype_name)
         expressions = export_all(model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"))
@@ -122,7 +122,7 @@ def build_onnx(
         content = _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, chosen.name)
         (staging / PROFILES).write_text(profiles_json(engine_profiles(content)))
         write_manifest(staging, content)
-        _move_into_place(staging, destination)
+        move_into_place(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
