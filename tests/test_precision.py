@@ -20,6 +20,7 @@ from vtpexport.export.precision import PRECISIONS
 from vtpexport.export.spec import ExportLimits, dim_ranges, graph_specs
 from vtpexport.models.loader import load_model
 from vtpexport.recipe import Recipe, ScheduleSpec, SelectorSpec
+from vtpexport.verify import verify_export
 
 MODEL = "tiny-llava-1.5"
 # Each precision also carries a selector and a schedule, so every scoring op is exported low-precision.
@@ -143,3 +144,12 @@ def test_low_precision_outputs_within_tolerance_of_fp32(exports, precision):
     assert np.array_equal(prefill["logits"].argmax(-1), eager.logits.argmax(-1).numpy())
     kept = prefill["present.3.key"].shape[2]
     assert kept == eager.caches[3].key.shape[2]
+
+
+def test_verify_defaults_to_the_precision_tolerance(exports):
+    """verify compares with an eager run in the export's dtype, within that precision's tolerance."""
+    report = verify_export(exports["fp16"], max_new_tokens=8)
+    assert report.tolerance == PRECISIONS["fp16"].verify_tolerance
+    assert report.passed, report
+    # The fp32 tolerance would not do: fp16 rounding alone is above it.
+    assert max(check.max_abs_error for check in report.graphs.values()) > PRECISIONS["fp32"].verify_tolerance

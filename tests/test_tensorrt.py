@@ -85,6 +85,18 @@ def test_profiles_follow_manifest_ranges_with_a_kv_range_per_stage(method):
     assert manifest["graphs"]["prefill"]["outputs"][1]["dims"][2] == "kv_len_0"
 
 
+def test_ort_tensorrt_provider_gets_the_same_profiles(tmp_path):
+    from vtpexport.runtime.ort import tensorrt_provider_options
+
+    manifest = manifest_for(recipe_for("pyramiddrop"))
+    options = tensorrt_provider_options(tmp_path, manifest, "decode")
+    r, text = manifest["dims"]["past_len_3"], architecture(MODEL).text
+    assert f"past_key_values.3.key:4x{text.num_kv_heads}x{r['max']}x{text.head_dim}" in options[
+        "trt_profile_max_shapes"
+    ].split(",")
+    assert options["trt_profile_min_shapes"].startswith("input_ids:1x1,past_mask.0:1x")
+
+
 def test_profiles_are_refused_before_any_build(tmp_path):
     manifest = manifest_for(recipe_for("fastv"))
     manifest["dims"]["prefix_len"] = {"min": 8, "opt": 4, "max": 16}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..export.tensorrt import PROFILES
+from ..export.tensorrt import engine_profiles
 from .exported import ExportRunner
 
 PROVIDERS = {
@@ -18,13 +17,13 @@ PROVIDERS = {
 }
 
 
-def tensorrt_provider_options(folder: Path, graph: str) -> dict[str, str]:
+def tensorrt_provider_options(folder: Path, manifest: dict, graph: str) -> dict[str, str]:
     """ONNX Runtime's TensorRT provider options for one graph: the export's optimization profile
     (without it the provider rebuilds an engine for every new shape) and an engine cache."""
-    profile = json.loads((folder / PROFILES).read_text())[graph]
+    profile = engine_profiles(manifest)[graph]
 
     def shapes(corner: str) -> str:
-        return ",".join(f"{name}:{'x'.join(map(str, p[corner]))}" for name, p in profile.items())
+        return ",".join(f"{name}:{'x'.join(map(str, getattr(p, corner)))}" for name, p in profile.items())
 
     return {
         "trt_profile_min_shapes": shapes("min"),
@@ -55,7 +54,7 @@ class OrtRunner(ExportRunner):
         for name, graph in self.manifest["graphs"].items():
             providers = [p for p in PROVIDERS[backend] if p in available]
             if backend == "ort-trt":
-                providers[0] = (providers[0], tensorrt_provider_options(self.folder, name))
+                providers[0] = (providers[0], tensorrt_provider_options(self.folder, self.manifest, name))
             session = ort.InferenceSession(str(self.folder / graph["file"]), options, providers=providers)
             # A listed provider whose libraries are missing is dropped silently: say so instead.
             if wanted not in session.get_providers():
