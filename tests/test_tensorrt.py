@@ -231,9 +231,17 @@ def test_build_from_without_gpu_refuses_then_builds_with_fake_tensorrt(refused_e
     assert "TensorRT is not installed here" in line and "--backend trt runs engines on a CUDA GPU" in line
 
 
-def test_build_from_refuses_a_tampered_export_and_wrong_options(refused_export, tmp_path):
+def test_build_from_refuses_a_tampered_export_and_wrong_options(refused_export, tmp_path, monkeypatch):
+    import vtpexport.export.lint as lint
+
     folder = tmp_path / "fastv"
     shutil.copytree(refused_export[0], folder)
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "tensorrt", fake_tensorrt("11.1.0"))
+        patch.setattr(lint, "TOPK_MAX_K", 4)  # FastV's selection now breaks TensorRT's TopK limit
+        line = one_error_line(invoke("build", "--from", folder, "--engine", "trt"))
+        assert "prefill.onnx fails the TensorRT lint over its profile" in line and "TopK" in line
+        assert not list(folder.glob("*.plan"))
     assert "--from needs --engine trt or --triton-repo" in one_error_line(invoke("build", "--from", folder))
     assert "do not apply" in one_error_line(invoke("build", "--from", folder, "--engine", "trt", "--model", MODEL))
     (folder / "prefill.onnx").write_bytes(b"changed")
