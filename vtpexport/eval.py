@@ -271,7 +271,7 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    from .runtime.ort import OrtRunner
+    from .runtime.exported import open_runner
 
     if not arguments:
         raise UserError("name at least one export folder or recipe to evaluate")
@@ -289,7 +289,7 @@ def evaluate(
             check_export_model(Path(candidate.source), candidate.manifest, model)
         else:
             candidate.recipe.check_model(model.args, model.source.name)
-    runners = {c.source: OrtRunner(c.source, backend) for c in candidates if c.manifest is not None}
+    runners = {c.source: open_runner(c.source, backend) for c in candidates if c.manifest is not None}
 
     entries = [Entry("unpruned", "unpruned", "eager", None)]
     generators = [_eager(model, None, max_new_tokens)]

@@ -12,11 +12,12 @@ from PIL import Image
 from .dataset import load_samples, read_dataset
 from .errors import UserError
 from .export.manifest import changed_files, read_manifest
+from .export.precision import precision
 from .models.loader import LoadedModel, load_model
 from .models.text_encoder import attach_text_encoder
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
 from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
-from .runtime.ort import OrtRunner
+from .runtime.exported import open_runner
 
 DEFAULT_QUESTIONS = ["What is in the picture?", "How many shapes are there?", "Describe the colours."]
 
@@ -87,17 +88,22 @@ def verify_export(
     weights: str | None = None,
     data: str | None = None,
     max_new_tokens: int = 20,
-    tolerance: float = 1e-4,
+    tolerance: float | None = None,
     backend: str = "ort",
 ) -> VerifyReport:
+    """tolerance: max abs error per graph; default the export precision's (1e-4 for fp32)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if tolerance is None:
+        tolerance = precision(manifest["precision"]).verify_tolerance
     report = VerifyReport(tolerance)
     report.changed_files = changed_files(folder, manifest)
     if report.changed_files:
         return report
-    runner = OrtRunner(folder, backend)
-    model = load_model(model_spec or export_model_spec(manifest), weights)
+    runner = open_runner(folder, backend)
+    # The eager reference runs in the export's precision, so that only the export's error is measured.
+    dtype = precision(manifest["precision"]).torch_dtype
+    model = load_model(model_spec or export_model_spec(manifest), weights, dtype)
     check_export_model(folder, manifest, model)
     recipe = runner.recipe
     if data:

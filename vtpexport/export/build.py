@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from .. import __version__
 from ..errors import UserError
 from ..flops import exact_prefill_macs, paper_flops
@@ -25,7 +23,9 @@ from ..runtime.eager import check_recipe_applies
 from .lint import format_issues, lint_model
 from .manifest import write_manifest
 from .onnx_export import IR_VERSION, export_all
+from .precision import precision as find_precision
 from .spec import ExportLimits, dim_ranges, graph_specs, image_token_range, stage_of_layer
+from .tensorrt import PROFILES, engine_profiles, profiles_json
 
 # Files a model folder carries besides weights that the runtime needs.
 MODEL_FILES = (
@@ -49,7 +49,7 @@ def default_output(recipe: Recipe | None, model_spec: str) -> Path:
     return Path("exported") / name
 
 
-def _staging_folder(out: Path, force: bool) -> Path:
+def staging_folder(out: Path, force: bool) -> Path:
     if out.exists() and not force:
         raise UserError(f"{out} already exists; pass --force to replace it")
     try:
@@ -61,7 +61,7 @@ def _staging_folder(out: Path, force: bool) -> Path:
         raise UserError(f"cannot write the export to {out.parent}: {error.strerror or error}") from None
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
+def move_into_place(staging: Path, out: Path) -> None:
     if out.exists():
         retired = out.with_name(f".{out.name}.replaced")
         shutil.rmtree(retired, ignore_errors=True)
@@ -81,17 +81,22 @@ def build_onnx(
     opset: int = 18,
     force: bool = False,
     report: Callable[[str], None] = lambda message: None,
+    precision: str = "fp32",
     text_encoder: str | None = None,
 ) -> Path:
     """Export vision, prefill and decode graphs with the recipe baked in (and CLIP's text tower
-    for a text-guided selector, from `text_encoder` or the model's default); returns the folder."""
+    for a text-guided selector, from `text_encoder` or the model's default); returns the folder.
+
+    precision: fp32, fp16 or bf16 weights and activations (norms, softmax and scores stay fp32).
+    """
+    chosen = find_precision(precision)
     if not SUPPORTED_OPSETS[0] <= opset <= SUPPORTED_OPSETS[1]:
         raise UserError(f"--opset {opset} is outside {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[1]}")
     recipe = Recipe.load(recipe_path) if recipe_path else None
     model_spec = model_spec or (recipe.model.name if recipe else None)
     if model_spec is None:
         raise UserError("pass --model (or a --recipe, whose model is used)")
-    model = load_model(model_spec, weights, torch.float32)
+    model = load_model(model_spec, weights, chosen.torch_dtype)
     if text_encoder is not None:
         attach_text_encoder(model, text_encoder)
     check_recipe_applies(model, recipe)
@@ -100,9 +105,9 @@ def build_onnx(
     if args.text.sliding_window is not None:
         raise UserError("sliding-window attention is not supported by the exporter yet (config sliding_window)")
     destination = Path(out) if out else default_output(recipe, model_spec)
-    staging = _staging_folder(destination, force)
+    staging = staging_folder(destination, force)
     try:
-        specs = graph_specs(args, recipe, text=text.args if text else None)
+        specs = graph_specs(args, recipe, chosen.dtype_name, text.args if text else None)
         expressions = export_all(
             model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"), text
         )
@@ -131,8 +136,10 @@ def build_onnx(
         ]
         if issues:
             raise UserError(f"lint failed ({len(issues)} issue(s)): {format_issues(issues[:1]).strip()}")
-        write_manifest(staging, _manifest(model, model_spec, recipe, specs, expressions, ranges, opset))
-        _move_into_place(staging, destination)
+        content = _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, chosen.name)
+        (staging / PROFILES).write_text(profiles_json(engine_profiles(content)))
+        write_manifest(staging, content)
+        move_into_place(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -150,7 +157,7 @@ def _onnx_runtime_only(recipe: Recipe | None) -> str | None:
     )
 
 
-def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> dict:
+def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, precision) -> dict:
     args = model.args
     schedule = recipe.schedule if recipe else None
     n_min, n_opt, n_max = image_token_range(args, None)
@@ -170,7 +177,7 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> d
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": f"vtpexport {__version__}",
         "engine": "onnx",
-        "precision": "fp32",
+        "precision": precision,
         "opset": opset,
         "ir_version": IR_VERSION,
         "model": {
@@ -180,7 +187,7 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset) -> d
             "source": str(model.source.folder.resolve()),
         },
         "recipe": recipe.to_dict() if recipe else None,
-        "tensorrt": {"compatible": _onnx_runtime_only(recipe) is None, "reason": _onnx_runtime_only(recipe)},
+        "onnx_runtime_only": _onnx_runtime_only(recipe),  # why TensorRT cannot take it, or null
         "text_encoder": (
             {"source": str(model.text_encoder.folder.resolve()), "tokenizer": TEXT_TOKENIZER}
             if "text_encoder" in specs

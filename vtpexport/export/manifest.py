@@ -31,16 +31,23 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def write_manifest(folder: Path, content: dict) -> dict:
-    """Write manifest.json with the sha256 of every other file in `folder`."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        **content,
-        "versions": library_versions(),
-        "files": {str(p.relative_to(folder)): sha256(p) for p in files},
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file in `folder` but the manifest and hidden ones (partial files, caches)."""
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != MANIFEST and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    return {str(p.relative_to(folder)): sha256(p) for p in files}
+
+
+def write_manifest(folder: Path, content: dict, versions: dict[str, str] | None = None) -> dict:
+    """Write manifest.json with the sha256 of every other file in `folder` (versions: default this tool's)."""
+    manifest = {"manifest_version": MANIFEST_VERSION, **content, "versions": versions or library_versions()}
+    manifest["files"] = _file_hashes(folder)
+    partial = folder / f".{MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    partial.replace(folder / MANIFEST)
     return manifest
 
 
@@ -70,3 +77,12 @@ def changed_files(folder: Path, manifest: dict) -> list[str]:
         elif sha256(path) != digest:
             changed.append(f"{name} (sha256 differs)")
     return changed
+
+
+def update_manifest(folder: str | Path, **changes) -> dict:
+    """Rewrite manifest.json with `changes` and the sha256 of every file now in `folder`;
+    the library versions of the export are kept (engines record their own)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    content = {k: v for k, v in manifest.items() if k not in ("manifest_version", "versions", "files")}
+    return write_manifest(folder, content | changes, manifest["versions"])

@@ -50,21 +50,20 @@ def example_inputs(
     exporter neither specialises a dimension to 1 nor merges two that merely look equal."""
     args = llava.args
     generator = torch.Generator().manual_seed(0)
-    dtype = llava.decoder.embed_tokens.weight.dtype
     side = args.vision.image_size
     if args.family == "llava-next":
         size = (side * 2, side)  # a 2x1 tile grid: tiles and image tokens both vary
         tiles = torch.randn(num_tiles(size, args), args.vision.num_channels, side, side, generator=generator)
-        vision = (tiles.to(dtype), torch.from_numpy(packing_index(size, args)))
+        vision = (tiles, torch.from_numpy(packing_index(size, args)))
     else:
         images = 1 if recipe is not None and recipe.selector is not None and recipe.selector.adaptive else 2
-        vision = (torch.randn(images, args.vision.num_channels, side, side, generator=generator).to(dtype),)
+        vision = (torch.randn(images, args.vision.num_channels, side, side, generator=generator),)
     inputs = {}
     if text_encoder is not None:
         ids = torch.randint(0, text_encoder.args.vocab_size, (2, 9), generator=generator)
         inputs["text_encoder"] = (ids,)
         with torch.no_grad():
-            vision += (text_encoder(ids)[: vision[0].shape[0]].to(dtype),)
+            vision += (text_encoder(ids)[: vision[0].shape[0]],)
     with torch.no_grad():
         embeds = vision_graph(llava, recipe, text_encoder)(*vision)
     image_embeds = embeds[0] if isinstance(embeds, tuple) else embeds

@@ -56,16 +56,17 @@ def text_encoder_spec(text: ClipTextArgs, dtype: str) -> GraphSpec:
 
 def vision_spec(args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None, adaptive: bool = False) -> GraphSpec:
     """`text`: the CLIP text tower's arguments when the selector reads the question.
-    `adaptive`: the selector's count depends on the image, so the graph takes one image at a time."""
+    `adaptive`: the selector's count depends on the image, so the graph takes one image at a time.
+    Pixels stay fp32 at every precision (the graph casts them): the host's preprocessing is one."""
     v, d = args.vision, args.text.hidden_size
     if args.family == "llava-next":
         inputs = (
-            TensorSpec("pixel_values", dtype, ("tiles", v.num_channels, v.image_size, v.image_size)),
+            TensorSpec("pixel_values", "float32", ("tiles", v.num_channels, v.image_size, v.image_size)),
             TensorSpec("packing_index", "int64", ("image_tokens",)),
         )
         return GraphSpec("vision", inputs, (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
     batch = 1 if adaptive else "batch"
-    inputs = (TensorSpec("pixel_values", dtype, (batch, v.num_channels, v.image_size, v.image_size)),)
+    inputs = (TensorSpec("pixel_values", "float32", (batch, v.num_channels, v.image_size, v.image_size)),)
     if text is not None:
         inputs += (TensorSpec("text_embeds", dtype, (batch, text.projection_dim)),)
     outputs = (

@@ -101,7 +101,9 @@ class Attention(nn.Module):
         groups = self.num_heads // self.num_kv_heads
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
         probs = None
-        if return_probs:  # scoring layers need the probabilities, so no fused kernel there
+        if return_probs or q.dtype != torch.float32:
+            # Scoring layers need the probabilities, and fp16/bf16 graphs need the softmax in
+            # fp32 with explicit casts, which the fused kernel does not give: no fused kernel there.
             y, probs = materialised_attention(q, k, v, bias)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)

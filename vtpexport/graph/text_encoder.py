@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .vision import VisionBlock
+from .vision import LayerNorm, VisionBlock
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class ClipTextEncoder(nn.Module):
         self.token_embedding = nn.Embedding(args.vocab_size, d)
         self.position_embedding = nn.Embedding(args.max_position_embeddings, d)
         self.layers = nn.ModuleList(VisionBlock(args, causal=True) for _ in range(args.num_layers))
-        self.final_layer_norm = nn.LayerNorm(d, eps=args.layer_norm_eps)
+        self.final_layer_norm = LayerNorm(d, eps=args.layer_norm_eps)
         self.text_projection = nn.Linear(d, args.projection_dim, bias=False)
         self.visual_projection = nn.Linear(args.vision_hidden_size, args.projection_dim, bias=False)
 

@@ -46,18 +46,30 @@ class VisionAttention(nn.Module):
         b, s, d = x.shape
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         probs = None
-        if return_probs:
-            # Selectors need the probabilities themselves, so this path materialises them.
+        if return_probs or q.dtype != torch.float32:
+            # Selectors need the probabilities themselves (kept in fp32 for their scores), and
+            # fp16/bf16 graphs need the softmax in fp32, which the fused kernel would not keep.
             scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
             if self.causal:
                 future = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
                 scores = scores.masked_fill(future, float("-inf"))
-            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-            y = probs @ v
+            probs = torch.softmax(scores.float(), dim=-1)
+            y = probs.to(v.dtype) @ v
+            probs = probs if return_probs else None
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         y = y.transpose(1, 2).reshape(b, s, d)
         return self.out_proj(y), probs
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm computed in fp32 whatever the model dtype (fp16/bf16 exports keep norms in fp32)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        weight, bias = self.weight.float(), self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class VisionMLP(nn.Module):
@@ -74,9 +86,9 @@ class VisionMLP(nn.Module):
 class VisionBlock(nn.Module):
     def __init__(self, args: VisionArgs, causal: bool = False):
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.layer_norm1 = LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.self_attn = VisionAttention(args, causal)
-        self.layer_norm2 = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.layer_norm2 = LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.mlp = VisionMLP(args)
 
     def forward(self, x: Tensor, return_probs: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -106,12 +118,18 @@ class VisionTower(nn.Module):
         self.patch_embedding = nn.Conv2d(args.num_channels, d, args.patch_size, args.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(d))
         self.position_embedding = nn.Embedding(args.num_patches + 1, d)
-        self.pre_layrnorm = nn.LayerNorm(d, eps=args.layer_norm_eps)
+        self.pre_layrnorm = LayerNorm(d, eps=args.layer_norm_eps)
         self.layers = nn.ModuleList(VisionBlock(args) for _ in range(args.num_layers))
-        self.post_layernorm = nn.LayerNorm(d, eps=args.layer_norm_eps)
+        self.post_layernorm = LayerNorm(d, eps=args.layer_norm_eps)
 
     def embed(self, pixel_values: Tensor) -> Tensor:
-        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        weight = self.patch_embedding.weight
+        if weight.dtype == torch.bfloat16:
+            # ONNX's Conv takes no bfloat16 before opset 22: convolve in fp32 between explicit casts.
+            patches = F.conv2d(pixel_values.float(), weight.float(), stride=self.patch_embedding.stride)
+            patches = patches.to(weight.dtype)
+        else:
+            patches = self.patch_embedding(pixel_values.to(weight.dtype))
         patches = patches.flatten(2).transpose(1, 2)  # [B, N, D], raster order
         cls = self.class_embedding.expand(patches.shape[0], 1, -1)
         x = torch.cat([cls, patches], dim=1)

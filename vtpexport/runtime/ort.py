@@ -5,18 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
-from torch import Tensor
-from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from ..errors import UserError
-from ..export.manifest import read_manifest
-from ..export.spec import decode_input_name
-from ..models.anyres import packing_index
-from ..models.families import FAMILIES, args_from_config
-from ..recipe import Recipe
-from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles, per_image_token_count
+from ..export.tensorrt import engine_profiles
+from .exported import ExportRunner
 
 PROVIDERS = {
     "ort": ["CPUExecutionProvider"],
@@ -25,105 +17,53 @@ PROVIDERS = {
 }
 
 
-class OrtRunner:
-    """Loads vision / prefill / decode sessions of an export folder and generates with them."""
+def tensorrt_provider_options(folder: Path, manifest: dict, graph: str) -> dict[str, str]:
+    """ONNX Runtime's TensorRT provider options for one graph: the export's optimization profile
+    (without it the provider rebuilds an engine for every new shape) and an engine cache."""
+    profile = engine_profiles(manifest)[graph]
+
+    def shapes(corner: str) -> str:
+        return ",".join(f"{name}:{'x'.join(map(str, getattr(p, corner)))}" for name, p in profile.items())
+
+    return {
+        "trt_profile_min_shapes": shapes("min"),
+        "trt_profile_opt_shapes": shapes("opt"),
+        "trt_profile_max_shapes": shapes("max"),
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(folder / ".ort-trt-cache"),  # hidden: not part of the manifest
+    }
+
+
+class OrtRunner(ExportRunner):
+    """Vision / prefill / decode ONNX Runtime sessions of an export folder."""
 
     def __init__(self, folder: str | Path, backend: str = "ort", session_config: dict[str, str] | None = None):
         """session_config: ONNX Runtime session config entries (e.g. to turn thread spinning off)."""
         import onnxruntime as ort
 
-        self.folder = Path(folder)
-        self.manifest = read_manifest(self.folder)
+        super().__init__(folder)
         available = set(ort.get_available_providers())
-        providers = [p for p in PROVIDERS[backend] if p in available]
-        if PROVIDERS[backend][0] not in available:
-            raise UserError(
-                f"ONNX Runtime here has no {PROVIDERS[backend][0]} (available: {', '.join(sorted(available))})"
-            )
-        self.args = args_from_config(AutoConfig.from_pretrained(self.folder, local_files_only=True))
-        processor = AutoProcessor.from_pretrained(self.folder, local_files_only=True, backend="pil")
-        self.tokenizer, self.image_processor = processor.tokenizer, processor.image_processor
-        self.chat_template = processor.chat_template or FAMILIES[self.args.family].default_chat_template
-        recipe_file = self.folder / "recipe.yaml"
-        self.recipe = Recipe.load(recipe_file) if recipe_file.is_file() else None
+        wanted = PROVIDERS[backend][0]
+        if wanted not in available:
+            raise UserError(f"ONNX Runtime here has no {wanted} (available: {', '.join(sorted(available))})")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         for key, value in (session_config or {}).items():
             options.add_session_config_entry(key, value)
-        self.sessions = {
-            name: ort.InferenceSession(str(self.folder / graph["file"]), options, providers=providers)
-            for name, graph in self.manifest["graphs"].items()
-        }
-        text_encoder = self.manifest.get("text_encoder")
-        self.text_tokenizer = None
-        if text_encoder is not None:
-            self.text_tokenizer = AutoTokenizer.from_pretrained(self.folder / text_encoder["tokenizer"])
-            self.text_tokenizer.padding_side = "right"
-            self.text_len_max = self.manifest["dims"]["text_len"]["max"]
+        self.sessions = {}
+        for name, graph in self.manifest["graphs"].items():
+            providers = [p for p in PROVIDERS[backend] if p in available]
+            if backend == "ort-trt":
+                providers[0] = (providers[0], tensorrt_provider_options(self.folder, self.manifest, name))
+            session = ort.InferenceSession(str(self.folder / graph["file"]), options, providers=providers)
+            # A listed provider whose libraries are missing is dropped silently: say so instead.
+            if wanted not in session.get_providers():
+                raise UserError(
+                    f"ONNX Runtime could not start {wanted} for {graph['file']} (CUDA / TensorRT libraries?)"
+                )
+            self.sessions[name] = session
 
-    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.sessions[graph]
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds), strict=True))
-
-    def text_embeddings(self, question: str) -> np.ndarray:
-        """CLIP text embeddings [1, P] of the question, from text_encoder.onnx."""
-        ids = self.text_tokenizer([question], truncation=True, max_length=self.text_len_max, return_tensors="np")[
-            "input_ids"
-        ]
-        return self._run("text_encoder", {"text_input_ids": ids.astype(np.int64)})["text_embeds"]
-
-    def image_embeddings(self, image: Image.Image, question: str | None = None) -> Tensor:
-        """The image's visual tokens [n, D], from vision.onnx (a text-guided selector reads the question)."""
-        tiles, size = image_tiles(self.image_processor, self.args, image)
-        feeds = {"pixel_values": tiles.numpy().astype(np.float32)}
-        if self.args.family == "llava-next":
-            feeds["packing_index"] = packing_index(size, self.args)
-        if self.text_tokenizer is not None:
-            feeds["text_embeds"] = self.text_embeddings(question)
-        return torch.from_numpy(self._run("vision", feeds)["image_embeds"][0])
-
-    def prepare(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int) -> PreparedBatch:
-        return build_batch(
-            self.tokenizer, self.chat_template, self.args, images, prompts, max_new_tokens, self.image_embeddings
-        )
-
-    def prefill(self, batch: PreparedBatch) -> dict[str, np.ndarray]:
-        if not bool(batch.image_mask.all()):
-            raise UserError("prefill.onnx takes images of one token count per batch; group images by size")
-        feeds = {
-            "prefix_ids": batch.prefix_ids,
-            "prefix_mask": batch.prefix_mask,
-            "image_embeds": batch.image_embeds,
-            "suffix_ids": batch.suffix_ids,
-            "suffix_mask": batch.suffix_mask,
-        }
-        return self._run("prefill", {k: v.numpy() for k, v in feeds.items()})
-
-    def decode(self, token: Tensor, previous: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One step after a prefill's (or a decode's) outputs."""
-        feeds = {decode_input_name(name): value for name, value in previous.items() if name != "logits"}
-        feeds["input_ids"] = token.numpy().reshape(-1, 1).astype(np.int64)
-        return self._run("decode", feeds)
-
-    def generate(self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None):
-        """Greedy decoding with the exported graphs."""
-        return [tokens for tokens, _ in self.generate_with_logits(batch, max_new_tokens, stop_token_ids)]
-
-    def generate_with_logits(
-        self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None
-    ) -> list[tuple[list[int], Tensor]]:
-        """`generate`, and each row's first-position logits [V] (what evaluation compares)."""
-        stops = default_stops(self.tokenizer) if stop_token_ids is None else stop_token_ids
-
-        def generate_group(group: PreparedBatch) -> list[tuple[list[int], Tensor]]:
-            state = {"outputs": self.prefill(group)}
-            first_logits = torch.from_numpy(state["outputs"]["logits"])
-
-            def step(token: Tensor) -> Tensor:
-                state["outputs"] = self.decode(token, state["outputs"])
-                return torch.from_numpy(state["outputs"]["logits"])
-
-            return list(zip(greedy_loop(first_logits, step, max_new_tokens, stops), first_logits, strict=True))
-
-        return per_image_token_count(batch, generate_group)

@@ -1,0 +1,108 @@
+"""`--triton-repo DIR`: a Triton Inference Server model repository for an export.
+
+One model per graph (TensorRT plan when the export has engines, else the ONNX file on the
+onnxruntime backend), its inputs and outputs declared from the manifest, and a Python-backend
+model (`serving/triton_model.py`) that generates over them through BLS requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+from .build import move_into_place, staging_folder
+from .manifest import MANIFEST, changed_files, read_manifest
+
+TRITON_TYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "bfloat16": "TYPE_BF16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "bool": "TYPE_BOOL",
+}
+GENERATE = "generate"
+GRAPH_SUFFIXES = (".onnx", ".onnx.data", ".plan")
+
+
+def _tensor(name: str, dtype: str, dims: list) -> str:
+    shape = ", ".join("-1" if isinstance(d, str) else str(d) for d in dims)
+    return f'  {{\n    name: "{name}"\n    data_type: {dtype}\n    dims: [ {shape} ]\n  }}'
+
+
+def _section(kind: str, tensors: list[str]) -> str:
+    return f"{kind} [\n" + ",\n".join(tensors) + "\n]\n"
+
+
+def graph_config(model: str, graph: dict, engine: bool) -> str:
+    """config.pbtxt of one graph model; dynamic dimensions are -1 (batching is in the graphs' own dims)."""
+    header = f'name: "{model}"\n'
+    if engine:
+        header += 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"\n'
+    else:
+        header += 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"\n'
+    header += "max_batch_size: 0\n"
+
+    def tensors(kind: str) -> list[str]:
+        return [_tensor(t["name"], TRITON_TYPES[t["dtype"]], t["dims"]) for t in graph[kind]]
+
+    text = header + _section("input", tensors("inputs")) + _section("output", tensors("outputs"))
+    if engine:  # an engine runs on the GPU it was built for
+        text += "instance_group [\n  {\n    kind: KIND_GPU\n    count: 1\n  }\n]\n"
+    return text
+
+
+def generate_config(model: str, graph_models: dict[str, str]) -> str:
+    inputs = [
+        _tensor("image", "TYPE_UINT8", ["height", "width", 3]),
+        _tensor("prompt", "TYPE_STRING", [1]),
+        _tensor("max_new_tokens", "TYPE_INT32", [1]).replace("  }", "    optional: true\n  }"),
+    ]
+    parameter = json.dumps(json.dumps(graph_models))  # a JSON object inside a protobuf string
+    return (
+        f'name: "{model}"\nbackend: "python"\nmax_batch_size: 0\n'
+        + _section("input", inputs)
+        + _section("output", [_tensor("text", "TYPE_STRING", [1])])
+        + f'parameters {{\n  key: "graph_models"\n  value: {{ string_value: {parameter} }}\n}}\n'
+    )
+
+
+def write_triton_repo(export_dir: str | Path, repo_dir: str | Path, force: bool = False) -> Path:
+    """Write the repository (assembled in a temporary folder, renamed into place); returns it."""
+    export_dir, repo_dir = Path(export_dir), Path(repo_dir)
+    manifest = read_manifest(export_dir)
+    changed = changed_files(export_dir, manifest)
+    if changed:
+        raise UserError(f"{export_dir} does not match its manifest: {', '.join(changed)}")
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", manifest["name"])
+    engines = (manifest.get("tensorrt") or {}).get("engines", {})
+    staging = staging_folder(repo_dir, force)
+    try:
+        graph_models = {}
+        for graph, info in manifest["graphs"].items():
+            model = graph_models[graph] = f"{prefix}_{graph}"
+            version = staging / model / "1"
+            version.mkdir(parents=True)
+            if graph in engines:
+                shutil.copy2(export_dir / engines[graph], version / "model.plan")
+            else:
+                shutil.copy2(export_dir / info["file"], version / "model.onnx")
+                for data in export_dir.glob(f"{info['file']}.data"):  # external weights keep their file name
+                    shutil.copy2(data, version / data.name)
+            (staging / model / "config.pbtxt").write_text(graph_config(model, info, graph in engines))
+        model = f"{prefix}_{GENERATE}"
+        version = staging / model / "1"
+        (version / "export").mkdir(parents=True)
+        shutil.copy2(Path(__file__).parent.parent / "serving" / "triton_model.py", version / "model.py")
+        for name in [*manifest["files"], MANIFEST]:
+            if not name.endswith(GRAPH_SUFFIXES):
+                shutil.copy2(export_dir / name, version / "export" / name)
+        (staging / model / "config.pbtxt").write_text(generate_config(model, graph_models))
+        move_into_place(staging, repo_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return repo_dir

@@ -1,0 +1,92 @@
+"""Run an export folder's TensorRT engines: the same interface as the ONNX Runtime runner.
+
+Device buffers and the CUDA stream come from torch (a CUDA build of torch on the GPU machine);
+tensors are bound by name (set_input_shape / set_tensor_address / execute_async_v3), the API
+TensorRT 10 and 11 share.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..export.tensorrt import collecting_logger, cuda_device, finish_command, import_tensorrt
+from .exported import ExportRunner, to_numpy, to_torch
+
+# TensorRT DataType member -> torch dtype, by name (the enum's integers are not part of the API).
+_DTYPES = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "BOOL": torch.bool,
+    "UINT8": torch.uint8,
+    "INT8": torch.int8,
+}
+
+
+class TrtRunner(ExportRunner):
+    """Deserializes the engines recorded in the manifest and runs them on CUDA device 0."""
+
+    def __init__(self, folder: str | Path):
+        super().__init__(folder)
+        built = self.manifest.get("tensorrt")
+        if not built:
+            raise UserError(
+                f"{self.folder} has no TensorRT engines; build them with: {finish_command(self.folder, None, None)}"
+            )
+        try:
+            trt = import_tensorrt()
+            gpu, capability = cuda_device()
+        except UserError as error:
+            raise UserError(f"{error}: --backend trt runs engines on a CUDA GPU with TensorRT") from None
+        if str(trt.__version__) != built["version"] or capability != built["compute_capability"]:
+            raise UserError(
+                f"the engines in {self.folder} were built by TensorRT {built['version']} for compute capability "
+                f"{built['compute_capability']} ({built['gpu']}); this machine has TensorRT {trt.__version__} and "
+                f"{capability} ({gpu}). Rebuild them here: {finish_command(self.folder, None, None)}"
+            )
+        self.trt = trt
+        self.logger = collecting_logger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        self.engines, self.contexts = {}, {}
+        for graph, file in built["engines"].items():
+            engine = self.runtime.deserialize_cuda_engine((self.folder / file).read_bytes())
+            if engine is None:
+                raise UserError(f"TensorRT cannot load {file}: {'; '.join(self.logger.errors) or 'no message'}")
+            self.engines[graph] = engine
+            self.contexts[graph] = engine.create_execution_context()
+        self.dtypes = {
+            getattr(trt.DataType, name): dtype for name, dtype in _DTYPES.items() if hasattr(trt.DataType, name)
+        }
+        self.stream = torch.cuda.Stream()
+
+    def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        engine, context = self.engines[graph], self.contexts[graph]
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
+        bound = {}
+        for name in inputs:
+            tensor = to_torch(feeds[name]).to("cuda", self.dtypes[engine.get_tensor_dtype(name)]).contiguous()
+            if not context.set_input_shape(name, tuple(tensor.shape)):
+                raise UserError(
+                    f"{graph}.plan: input {name} of shape {tuple(tensor.shape)} is outside the engine's profile"
+                )
+            context.set_tensor_address(name, tensor.data_ptr())
+            bound[name] = tensor
+        outputs = {}
+        for name in names:
+            if name in bound:
+                continue
+            shape = tuple(context.get_tensor_shape(name))
+            outputs[name] = torch.empty(shape, dtype=self.dtypes[engine.get_tensor_dtype(name)], device="cuda")
+            context.set_tensor_address(name, outputs[name].data_ptr())
+        self.stream.wait_stream(torch.cuda.current_stream())  # the inputs were copied on the current stream
+        if not context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"TensorRT failed to run {graph}.plan: {'; '.join(self.logger.errors) or 'no message'}")
+        self.stream.synchronize()
+        return {name: to_numpy(tensor.cpu()) for name, tensor in outputs.items()}
