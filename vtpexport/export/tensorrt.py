@@ -86,11 +86,15 @@ def check_profiles(folder: Path, manifest: dict, profiles: dict[str, dict[str, I
 
 
 def profiles_json(profiles: dict[str, dict[str, InputProfile]]) -> str:
-    content = {
-        graph: {name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for name, p in shapes.items()}
-        for graph, shapes in profiles.items()
-    }
-    return json.dumps(content, indent=2) + "\n"
+    """{graph: {input: {"min": shape, "opt": shape, "max": shape}}}, one input per line."""
+    graphs = []
+    for graph, shapes in profiles.items():
+        rows = [
+            f"    {json.dumps(name)}: {json.dumps({'min': p.min, 'opt': p.opt, 'max': p.max})}"
+            for name, p in shapes.items()
+        ]
+        graphs.append(f"  {json.dumps(graph)}: {{\n" + ",\n".join(rows) + "\n  }")
+    return "{\n" + ",\n".join(graphs) + "\n}\n"
 
 
 def finish_command(folder: Path, workspace_gib: float | None, timing_cache: str | None) -> str:
