@@ -128,7 +128,10 @@ def cuda_device() -> tuple[str, str]:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError("no CUDA GPU is visible here (torch.cuda.is_available() is False)")
+        raise UserError(
+            f"no CUDA GPU is visible here (torch {torch.__version__}: torch.cuda.is_available() is False; "
+            "engines need a GPU and a CUDA build of torch)"
+        )
     major, minor = torch.cuda.get_device_capability(0)
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
