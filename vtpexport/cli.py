@@ -117,7 +117,12 @@ def run(
 
 @main.command()
 @click.option("--recipe", "recipe_path", default=None, help="Recipe YAML to bake in.")
-@click.option("--from", "from_dir", default=None, help="Build engines for an existing export folder (no ONNX export).")
+@click.option(
+    "--from",
+    "from_dir",
+    default=None,
+    help="An existing export folder to build engines / a Triton repository for (no ONNX export).",
+)
 @click.option("--model", "model_spec", default=None, help="Model (default: the recipe's model).")
 @click.option("--weights", default=None, help="Folder with the alias's weights.")
 @click.option("--no-prune", is_flag=True, help="Export the unpruned baseline (ignores --recipe).")
@@ -134,7 +139,7 @@ def run(
 @click.option("--max-batch", type=click.IntRange(1, 1024), default=4, show_default=True)
 @click.option("--max-prompt-len", type=click.IntRange(1, 1 << 15), default=256, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1, 1 << 15), default=128, show_default=True)
-@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder (or Triton repository).")
 @click.option("--text-encoder", default=None, help=TEXT_ENCODER_HELP)
 @click.option(
     "--workspace",
@@ -167,7 +172,8 @@ def build(
     text_encoder,
 ) -> None:
     """Export vision / prefill / decode ONNX graphs with the recipe baked in, plus a manifest;
-    with --engine trt also build TensorRT engines (or, with --from, only build them)."""
+    with --engine trt also build TensorRT engines, with --triton-repo a Triton model repository
+    (with --from, only those, for an existing export)."""
     import time
 
     from .export.build import build_onnx

@@ -86,11 +86,15 @@ def check_profiles(folder: Path, manifest: dict, profiles: dict[str, dict[str, I
 
 
 def profiles_json(profiles: dict[str, dict[str, InputProfile]]) -> str:
-    content = {
-        graph: {name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for name, p in shapes.items()}
-        for graph, shapes in profiles.items()
-    }
-    return json.dumps(content, indent=2) + "\n"
+    """{graph: {input: {"min": shape, "opt": shape, "max": shape}}}, one input per line."""
+    graphs = []
+    for graph, shapes in profiles.items():
+        rows = [
+            f"    {json.dumps(name)}: {json.dumps({'min': p.min, 'opt': p.opt, 'max': p.max})}"
+            for name, p in shapes.items()
+        ]
+        graphs.append(f"  {json.dumps(graph)}: {{\n" + ",\n".join(rows) + "\n  }")
+    return "{\n" + ",\n".join(graphs) + "\n}\n"
 
 
 def finish_command(folder: Path, workspace_gib: float | None, timing_cache: str | None) -> str:
@@ -124,7 +128,10 @@ def cuda_device() -> tuple[str, str]:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError("no CUDA GPU is visible here (torch.cuda.is_available() is False)")
+        raise UserError(
+            f"no CUDA GPU is visible here (torch {torch.__version__}: torch.cuda.is_available() is False; "
+            "engines need a GPU and a CUDA build of torch)"
+        )
     major, minor = torch.cuda.get_device_capability(0)
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
