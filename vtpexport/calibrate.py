@@ -36,7 +36,7 @@ from .graph.args import LlavaArgs
 from .graph.decoder import Decoder, DecoderLayer, Sequence
 from .models.anyres import num_image_tokens, num_tiles
 from .pruning.ops import gather_tokens
-from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
+from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, check_selector
 
 METHODS = ("fitprune", "pyramiddrop", "fastv")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "calibration_data" / "calibration.jsonl"
@@ -467,6 +467,7 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
     args = source.args
     if request.selector is not None:
         request.selector.validate()
+        check_selector(args, request.selector)
         if args.family == "llava-next":
             raise UserError(
                 f"selector {request.selector.method} is not supported on LLaVA-NeXT anyres images yet; "

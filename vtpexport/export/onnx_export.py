@@ -55,7 +55,8 @@ def example_inputs(llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, Gr
         tiles = torch.randn(num_tiles(size, args), args.vision.num_channels, side, side, generator=generator)
         vision = (tiles.to(dtype), torch.from_numpy(packing_index(size, args)))
     else:
-        vision = (torch.randn(2, args.vision.num_channels, side, side, generator=generator).to(dtype),)
+        pixels = args.input_image_size
+        vision = (torch.randn(2, args.vision.num_channels, pixels, pixels, generator=generator).to(dtype),)
     with torch.no_grad():
         embeds = VisionGraph(llava, recipe)(*vision)
     image_embeds = embeds[0] if isinstance(embeds, tuple) else embeds

@@ -55,7 +55,9 @@ def vision_spec(args: LlavaArgs, dtype: str) -> GraphSpec:
             TensorSpec("packing_index", "int64", ("image_tokens",)),
         )
         return GraphSpec("vision", inputs, (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
-    inputs = (TensorSpec("pixel_values", dtype, ("batch", v.num_channels, v.image_size, v.image_size)),)
+    # LLaVA-HR: pixels at its input_image_size (1024); the fast path's 448 copy is made in the graph.
+    side = args.input_image_size
+    inputs = (TensorSpec("pixel_values", dtype, ("batch", v.num_channels, side, side)),)
     outputs = (
         TensorSpec("image_embeds", dtype, ("batch", "image_tokens", d)),
         TensorSpec("patch_index", "int64", ("batch", "image_tokens")),

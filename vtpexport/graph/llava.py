@@ -18,6 +18,7 @@ from ..pruning.prumerge import adaptive_count, merge, plus_samples, prumerge_sco
 from ..recipe import SelectorSpec
 from .args import LlavaArgs
 from .decoder import Decoder, LayerCache, PrefillOutput
+from .hr_vision import MultiPathVision
 from .vision import Projector, VisionTower
 
 
@@ -31,7 +32,7 @@ class LlavaGraph(nn.Module):
     def __init__(self, args: LlavaArgs):
         super().__init__()
         self.args = args
-        self.vision = VisionTower(args.vision)
+        self.vision = MultiPathVision(args) if args.multipath else VisionTower(args.vision)
         self.projector = Projector(args)
         self.decoder = Decoder(args.text)
         if args.family == "llava-next":
@@ -43,7 +44,8 @@ class LlavaGraph(nn.Module):
         return self.projector(self._select_strategy(out.features))
 
     def _select_strategy(self, features: Tensor) -> Tensor:
-        return features[:, 1:] if self.args.vision_feature_select_strategy == "default" else features
+        drop_cls = self.args.cls_token and self.args.vision_feature_select_strategy == "default"
+        return features[:, 1:] if drop_cls else features
 
     def select_image_tokens(self, pixel_values: Tensor, selector: SelectorSpec) -> ImageTokens:
         """LLaVA-1.5 images [B, C, H, W] -> the selector's visual tokens, projected.
@@ -59,10 +61,11 @@ class LlavaGraph(nn.Module):
             attn_layer=feature_layer if method.startswith("fopru") else None,
             qk_layer=feature_layer + 1 if method.startswith("prumerge") else None,
         )
-        patches = out.features[:, 1:]  # selectors score patches; CLS never enters the LLM
+        cls_tokens = int(a.cls_token)
+        patches = out.features[:, cls_tokens:]  # selectors score patches; CLS never enters the LLM
         n, grid = a.vision.num_patches, a.vision.grid_size
         if method.startswith("fopru"):
-            significance = fopru_significance(out.attn_probs)
+            significance = fopru_significance(out.attn_probs, cls_tokens)
             keep = selector.output_tokens(n, grid)
             kept = (
                 fopru_rank(significance, keep)
