@@ -222,3 +222,20 @@ def test_cli_calibrate_build_verify_on_a_saved_checkpoint(tiny_hr_folder, tmp_pa
     assert manifest["graphs"]["vision"]["inputs"][0]["dims"] == ["batch", 3, 192, 192]
     result = invoke("verify", "out", "--max-new-tokens", 4)
     assert result.exit_code == 0 and "verify passed" in result.output, result.output
+
+
+def test_exact_vision_macs_match_torch_flop_counter(tiny_hr):
+    """Our analytic count of LLaVA-HR's vision stage (ConvNeXt, ViT, adapters, fusion) against
+    torch's FlopCounterMode on the tiny model; attention runs as SDPA, which the counter skips
+    on CPU, so only the convolution and linear MACs are compared."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vtpexport.flops import exact_prefill_macs
+
+    args = tiny_hr.args
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        tiny_hr.graph.vision(torch.randn(1, 3, 192, 192), feature_layer=args.feature_layer_index)
+    exact = exact_prefill_macs(args, None, args.vision.num_patches, 5, 7)
+    n, d = args.vision.num_patches, args.vision.hidden_size
+    assert exact.vision == counter.get_total_flops() // 2
+    assert exact.attention >= args.vision.num_layers * 2 * n * n * d
