@@ -11,11 +11,11 @@ Two counts, never to be confused:
   FLOPs budgets refer to.
 - The **exact whole-model count**: every matrix product our graph runs — vision tower
   (LLaVA-HR: ConvNeXt, CLIP ViT on its patches, MR-adapters, fusion), projector, the LLM
-  over all tokens (prefix, visual, suffix) with GQA-sized k/v, causal attention (query i meets i + 1 keys; a dense kernel computes the full square and masks
-  it) and lm_head on the last position — for one prompt, batch 1. Elementwise work (norms,
-  activations, RoPE, softmax, masks) is not counted, nor are the extra scoring products a
-  pruning method adds (e.g. PyramidDrop's boundary k projection); they are small next to
-  the matmuls.
+  over all tokens (prefix, visual, suffix) with GQA-sized k/v, causal attention (query i
+  meets i + 1 keys; a dense kernel computes the full square and masks it) and lm_head on
+  the last position — for one prompt, batch 1. Elementwise work (norms, activations, RoPE,
+  softmax, masks) is not counted, nor are the extra scoring products a pruning method adds
+  (e.g. PyramidDrop's boundary k projection); they are small next to the matmuls.
 """
 
 from __future__ import annotations
