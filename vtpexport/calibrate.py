@@ -64,7 +64,7 @@ def parse_budget(value: str | float) -> Fraction:
 def reference_image(args: LlavaArgs) -> tuple[tuple[int, int], int, int]:
     """(height, width), visual tokens and CLIP tiles of the image size budgets are computed at:
     the native size, or LLaVA-NeXT's largest tiling (as `vtpexport inspect` counts by default)."""
-    sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.vision.image_size,) * 2]
+    sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.input_image_size,) * 2]
     size = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
     return size, num_image_tokens(size, args), num_tiles(size, args)
 

@@ -48,7 +48,7 @@ class LlavaGraph(nn.Module):
         return features[:, 1:] if drop_cls else features
 
     def select_image_tokens(self, pixel_values: Tensor, selector: SelectorSpec) -> ImageTokens:
-        """LLaVA-1.5 images [B, C, H, W] -> the selector's visual tokens, projected.
+        """LLaVA-1.5 / LLaVA-HR images [B, C, H, W] -> the selector's visual tokens, projected.
 
         Adaptive PruMerge counts are per image, so those run one image at a time (B = 1).
         """

@@ -182,7 +182,8 @@ def init_weights(graph: LlavaGraph, seed: int) -> None:
             state[name] = noise / math.sqrt(param[0].numel())
         else:
             state[name] = noise / math.sqrt(param.shape[-1]) if param.dim() else noise
-    graph.load_state_dict({k: v.to(graph.state_dict()[k].dtype) for k, v in state.items()}, strict=True)
+    dtypes = {name: param.dtype for name, param in graph.named_parameters()}
+    graph.load_state_dict({name: value.to(dtypes[name]) for name, value in state.items()}, strict=True)
 
 
 def _processor(config, tokenizer):
