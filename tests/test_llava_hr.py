@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from vtpexport.cli import main
 from vtpexport.errors import UserError
+from vtpexport.flops import paper_flops
 from vtpexport.graph.llava import LlavaGraph
 from vtpexport.models.builtin import write_builtin
 from vtpexport.models.loader import architecture, load_model, meta_graph
@@ -204,6 +205,17 @@ def test_models_prints_the_real_parameter_counts():
         assert any(name in line and size in line for line in result.output.splitlines()), (name, result.output)
 
 
+def test_cli_calibrate_on_the_builtin(tmp_path):
+    result = invoke(
+        "calibrate", "--model", "tiny-llava-hr", "--flops-budget", 0.45, "--samples", 2, "--out", tmp_path / "r.yaml"
+    )
+    assert result.exit_code == 0, result.output
+    recipe = Recipe.load(tmp_path / "r.yaml")
+    args = architecture("tiny-llava-hr")
+    recipe.check_model(args, "tiny-llava-hr")
+    assert paper_flops(args, recipe, args.vision.num_patches).ratio <= 0.45
+
+
 def test_cli_calibrate_build_verify_on_a_saved_checkpoint(tiny_hr_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     weights = ("--model", "llava-hr", "--weights", tiny_hr_folder)
@@ -212,8 +224,6 @@ def test_cli_calibrate_build_verify_on_a_saved_checkpoint(tiny_hr_folder, tmp_pa
     result = invoke("calibrate", *weights, "--flops-budget", 0.45, "--samples", 4, "--out", "hr.yaml")
     assert result.exit_code == 0, result.output
     recipe = Recipe.load(tmp_path / "hr.yaml")
-    from vtpexport.flops import paper_flops
-
     args = architecture("llava-hr", str(tiny_hr_folder))
     assert paper_flops(args, recipe, args.vision.num_patches).ratio <= 0.45
     result = invoke("build", "--recipe", "hr.yaml", *weights, "--engine", "onnx", "--out", "out")
