@@ -36,7 +36,7 @@ from .graph.args import LlavaArgs
 from .graph.decoder import Decoder, DecoderLayer, Sequence
 from .models.anyres import num_image_tokens, num_tiles
 from .pruning.ops import gather_tokens
-from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
+from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, check_selector
 
 METHODS = ("fitprune", "pyramiddrop", "fastv")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "calibration_data" / "calibration.jsonl"
@@ -64,7 +64,7 @@ def parse_budget(value: str | float) -> Fraction:
 def reference_image(args: LlavaArgs) -> tuple[tuple[int, int], int, int]:
     """(height, width), visual tokens and CLIP tiles of the image size budgets are computed at:
     the native size, or LLaVA-NeXT's largest tiling (as `vtpexport inspect` counts by default)."""
-    sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.vision.image_size,) * 2]
+    sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.input_image_size,) * 2]
     size = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
     return size, num_image_tokens(size, args), num_tiles(size, args)
 
@@ -467,6 +467,7 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
     args = source.args
     if request.selector is not None:
         request.selector.validate()
+        check_selector(args, request.selector)
         if args.family == "llava-next":
             raise UserError(
                 f"selector {request.selector.method} is not supported on LLaVA-NeXT anyres images yet; "

@@ -325,7 +325,7 @@ def inspect(
     args = architecture(model_name)
     recipe.check_model(args, model_name)
     if image_size is None:
-        sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.vision.image_size,) * 2]
+        sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.input_image_size,) * 2]
         size = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
     else:
         try:

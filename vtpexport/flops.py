@@ -9,13 +9,13 @@ Two counts, never to be confused:
   4nd^2 + 2n^2d + 3ndm. k/v are counted as d x d even under GQA, as the papers do. This is
   what those papers' tables call "TFLOPs" (LLaVA-1.5-7B at 576 tokens: 3.82 T) and what
   FLOPs budgets refer to.
-- The **exact whole-model count**: every matrix product our graph runs — vision tower,
-  projector, the LLM over all tokens (prefix, visual, suffix) with GQA-sized k/v, causal
-  attention (query i meets i + 1 keys; a dense kernel computes the full square and masks
-  it) and lm_head on the last position — for one prompt, batch 1. Elementwise work (norms,
-  activations, RoPE, softmax, masks) is not counted, nor are the extra scoring products a
-  pruning method adds (e.g. PyramidDrop's boundary k projection); they are small next to
-  the matmuls.
+- The **exact whole-model count**: every matrix product our graph runs — vision tower
+  (LLaVA-HR: ConvNeXt, CLIP ViT on its patches, MR-adapters, fusion), projector, the LLM
+  over all tokens (prefix, visual, suffix) with GQA-sized k/v, causal attention (query i
+  meets i + 1 keys; a dense kernel computes the full square and masks it) and lm_head on
+  the last position — for one prompt, batch 1. Elementwise work (norms, activations, RoPE,
+  softmax, masks) is not counted, nor are the extra scoring products a pruning method adds
+  (e.g. PyramidDrop's boundary k projection); they are small next to the matmuls.
 """
 
 from __future__ import annotations
@@ -126,8 +126,31 @@ def attention_pairs(length: int, window: int | None = None) -> int:
     return window * (window + 1) // 2 + (length - window) * window
 
 
+def _multipath_macs(args: LlavaArgs) -> tuple[int, int]:
+    """LLaVA-HR: (conv + linear, attention) MACs of the ConvNeXt, the CLIP ViT on its patches
+    (no CLS, every layer), the MR-adapters and the final fusion, for one image."""
+    v, hr = args.vision, args.multipath
+    c = hr.slow
+    side = hr.image_size // c.stem_patch_size
+    convnext = side * side * c.num_channels * c.stem_patch_size**2 * c.dims[0]
+    for stage, (depth, dim) in enumerate(zip(c.depths, c.dims, strict=True)):
+        if stage:
+            side //= 2
+            convnext += side * side * c.dims[stage - 1] * 4 * dim  # 2x2 stride-2 downsample conv
+        convnext += depth * side * side * (c.kernel_size**2 * dim + 2 * c.mlp_ratio * dim * dim)
+    n, d, slow = v.num_patches, v.hidden_size, c.dims[-1]
+    patch_conv = n * v.num_channels * v.patch_size**2 * d
+    vit = v.num_layers * (4 * n * d * d + 2 * n * d * v.intermediate_size)
+    adapter = n * (slow * slow + slow * d + 49 * d + d * d) + 2 * d * (d // 2) + d // 2
+    fusion = n * (d * d + slow * d)
+    linear = convnext + patch_conv + vit + len(hr.adapter_layers) * adapter + fusion
+    return linear, v.num_layers * 2 * n * n * d
+
+
 def _vision_macs(args: LlavaArgs, tiles: int) -> tuple[int, int]:
     """(conv + linear, attention) MACs of the vision tower over `tiles` tiles."""
+    if args.multipath:
+        return _multipath_macs(args)
     v = args.vision
     tokens = 1 + v.num_patches  # CLS + patches
     patch_conv = v.num_patches * v.num_channels * v.patch_size**2 * v.hidden_size

@@ -178,6 +178,20 @@ class ScheduleSpec:
         return plan
 
 
+# Selectors that score patches by the CLS token's attention (PruMerge's outlier score).
+CLS_SELECTORS = ("prumerge", "prumerge+", "recover")
+
+
+def check_selector(args: LlavaArgs, selector: SelectorSpec) -> None:
+    """Refuse a selector the model's vision features cannot feed."""
+    if selector.method in CLS_SELECTORS and not args.cls_token:
+        raise UserError(
+            f"selector {selector.method} scores patches by the CLS token's attention, and {args.family} has no "
+            "CLS token (LLaVA-HR drops it before its ViT); use fopru-rank / fopru-row or an in-LLM schedule "
+            f"({', '.join(SCHEDULES)})"
+        )
+
+
 @dataclass(frozen=True)
 class ModelRef:
     family: str
@@ -205,6 +219,8 @@ class Recipe:
                 f"recipe {self.name!r} is for {self.model.name} ({self.model.family}, "
                 f"config {self.model.config_hash}), not for {model_name} ({args.family}, config {args.config_hash()})"
             )
+        if self.selector:
+            check_selector(args, self.selector)
         if self.schedule:
             self.schedule.validate(args.text.num_layers)
 

@@ -6,9 +6,8 @@ PyramidDrop and FastV schedules, built here so that the YAML files can be regene
 The output is deterministic (fixed creation date), so regenerating gives identical bytes.
 
 The FitPrune per-layer drop counts come from the FitPrune authors' code, collected in
-vtpexport/data/fitprune_published_recipes.json. That file also holds recipes for
-llava-hr-7b; they are not written to recipes/ because the LLaVA-HR family is not supported
-yet, so they cannot be tied to an architecture (config hash). They stay in the data file.
+vtpexport/data/fitprune_published_recipes.json (LLaVA-1.5-7B and LLaVA-HR-7B, whose N is
+its 1024 visual tokens at 1024 px).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from .recipe import ModelRef, Recipe, ScheduleSpec, new_provenance
 PUBLISHED_FITPRUNE = "fitprune_published_recipes.json"
 # Fixed, so that regenerating the files changes nothing; the day these recipes were first written.
 CREATED = "2026-11-22T00:00:00+00:00"
-FITPRUNE_MODELS = ("llava-1.5-7b",)  # llava-hr-7b waits for the LLaVA-HR family
+FITPRUNE_MODELS = ("llava-1.5-7b", "llava-hr-7b")
 SCHEDULE_MODELS = ("llava-1.5-7b", "llava-next-7b")
 PYRAMIDDROP_DEFAULT = ScheduleSpec(method="pyramiddrop", layers=(8, 16, 24), ratio=0.5)
 FASTV_DEFAULT = ScheduleSpec(method="fastv", layer=2, ratio=0.5)

@@ -57,7 +57,8 @@ def example_inputs(
         vision = (tiles, torch.from_numpy(packing_index(size, args)))
     else:
         images = 1 if recipe is not None and recipe.selector is not None and recipe.selector.adaptive else 2
-        vision = (torch.randn(images, args.vision.num_channels, side, side, generator=generator),)
+        pixels = args.input_image_size
+        vision = (torch.randn(images, args.vision.num_channels, pixels, pixels, generator=generator),)
     inputs = {}
     if text_encoder is not None:
         ids = torch.randint(0, text_encoder.args.vocab_size, (2, 9), generator=generator)

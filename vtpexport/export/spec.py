@@ -66,7 +66,9 @@ def vision_spec(args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None, a
         )
         return GraphSpec("vision", inputs, (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
     batch = 1 if adaptive else "batch"
-    inputs = (TensorSpec("pixel_values", "float32", (batch, v.num_channels, v.image_size, v.image_size)),)
+    # LLaVA-HR: pixels at its input_image_size (1024); the fast path's 448 copy is made in the graph.
+    side = args.input_image_size
+    inputs = (TensorSpec("pixel_values", "float32", (batch, v.num_channels, side, side)),)
     if text is not None:
         inputs += (TensorSpec("text_embeds", dtype, (batch, text.projection_dim)),)
     outputs = (

@@ -54,8 +54,37 @@ class TextArgs:
 
 
 @dataclass(frozen=True)
+class ConvNextArgs:
+    """A timm ConvNeXt (patch stem, four stages), the slow path of LLaVA-HR."""
+
+    depths: tuple[int, ...] = (3, 3, 27, 3)
+    dims: tuple[int, ...] = (192, 384, 768, 1536)
+    layer_norm_eps: float = 1e-6
+    kernel_size: int = 7
+    mlp_ratio: int = 4
+    stem_patch_size: int = 4
+    num_channels: int = 3
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per output cell: the stem, then a 2x downsample before stages 1..3."""
+        return self.stem_patch_size * 2 ** (len(self.dims) - 1)
+
+
+@dataclass(frozen=True)
+class MultiPathArgs:
+    """LLaVA-HR's mixture-of-resolution vision: ConvNeXt on the full image (slow path), the
+    CLIP ViT (`LlavaArgs.vision`, at its 448 input) on a downsampled copy (fast path)."""
+
+    slow: ConvNextArgs
+    image_size: int = 1024  # the slow path's input (config input_image_size)
+    position_image_size: int = 336  # the CLIP's pretraining size, which its position table is for
+    adapter_layers: tuple[int, ...] = (5, 11, 17)  # 0-based CLIP layers followed by an MR-adapter
+
+
+@dataclass(frozen=True)
 class LlavaArgs:
-    family: str  # "llava-1.5" | "llava-next"
+    family: str  # "llava-1.5" | "llava-next" | "llava-hr"
     vision: VisionArgs
     text: TextArgs
     vision_feature_layer: int = -2
@@ -63,9 +92,22 @@ class LlavaArgs:
     vision_feature_select_strategy: str = "default"
     projector_hidden_act: str = "gelu"
     projector_bias: bool = True
-    image_token_id: int = 32000
+    # None: no image token in the vocabulary; `<image>` is spliced at the text marker (original LLaVA).
+    image_token_id: int | None = 32000
     # LLaVA-NeXT only: candidate (height, width) resolutions of the anyres tiling.
     image_grid_pinpoints: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    # LLaVA-HR only: the slow path and the adapters; `vision` is then the fast path.
+    multipath: MultiPathArgs | None = None
+
+    @property
+    def cls_token(self) -> bool:
+        """Whether the vision features carry CLIP's CLS token (LLaVA-HR drops it before the ViT)."""
+        return self.multipath is None
+
+    @property
+    def input_image_size(self) -> int:
+        """Side of the square pixel input of the vision stage."""
+        return self.multipath.image_size if self.multipath else self.vision.image_size
 
     @property
     def feature_layer_index(self) -> int:
@@ -76,10 +118,13 @@ class LlavaArgs:
 
     @property
     def tokens_per_tile(self) -> int:
-        extra = 1 if self.vision_feature_select_strategy == "full" else 0
+        extra = 1 if self.cls_token and self.vision_feature_select_strategy == "full" else 0
         return self.vision.num_patches + extra
 
     def config_hash(self) -> str:
         """A short, stable hash of the architecture, used to tie recipes to a model."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        if self.multipath is None:
+            del fields["multipath"]  # so that adding the field changed no existing family's hash
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -26,6 +26,7 @@ from ..pruning.recover import recover_adaptive, recover_fixed, text_affinity
 from ..recipe import SelectorSpec
 from .args import LlavaArgs
 from .decoder import Decoder, LayerCache, PrefillOutput
+from .hr_vision import MultiPathVision
 from .text_encoder import patch_text_relevance
 from .vision import Projector, VisionTower
 
@@ -40,7 +41,7 @@ class LlavaGraph(nn.Module):
     def __init__(self, args: LlavaArgs):
         super().__init__()
         self.args = args
-        self.vision = VisionTower(args.vision)
+        self.vision = MultiPathVision(args) if args.multipath else VisionTower(args.vision)
         self.projector = Projector(args)
         self.decoder = Decoder(args.text)
         if args.family == "llava-next":
@@ -52,7 +53,8 @@ class LlavaGraph(nn.Module):
         return self.projector(self._select_strategy(out.features))
 
     def _select_strategy(self, features: Tensor) -> Tensor:
-        return features[:, 1:] if self.args.vision_feature_select_strategy == "default" else features
+        drop_cls = self.args.cls_token and self.args.vision_feature_select_strategy == "default"
+        return features[:, 1:] if drop_cls else features
 
     def select_image_tokens(
         self,
@@ -61,7 +63,7 @@ class LlavaGraph(nn.Module):
         text_embeds: Tensor | None = None,
         visual_projection: nn.Module | None = None,
     ) -> ImageTokens:
-        """LLaVA-1.5 images [B, C, H, W] -> the selector's visual tokens, projected.
+        """LLaVA-1.5 / LLaVA-HR images [B, C, H, W] -> the selector's visual tokens, projected.
 
         Adaptive counts are per image, so those run one image at a time (B = 1). Text-guided
         selectors take the question's CLIP text embeddings [B, P] and CLIP's visual projection.
@@ -78,10 +80,11 @@ class LlavaGraph(nn.Module):
             qk_layer=None if method.startswith("fopru") else feature_layer + 1,
             last_layer=selector.text_guided,
         )
-        patches = out.features[:, 1:]  # selectors score patches; CLS never enters the LLM
+        cls_tokens = int(a.cls_token)
+        patches = out.features[:, cls_tokens:]  # selectors score patches; CLS never enters the LLM
         n, grid = a.vision.num_patches, a.vision.grid_size
         if method.startswith("fopru"):
-            significance = fopru_significance(out.attn_probs)
+            significance = fopru_significance(out.attn_probs, cls_tokens)
             keep = selector.output_tokens(n, grid)
             kept = (
                 fopru_rank(significance, keep)

@@ -77,6 +77,33 @@ def _llava_next(text: dict, image_token_index: int) -> dict:
     }
 
 
+def _llava_hr(text: dict, slow_tower: str) -> dict:
+    """An original-LLaVA config.json of LLaVA-HR (Llama keys at the top, towers named, not described)."""
+    llama = {k: v for k, v in text.items() if k != "model_type"}
+    return {
+        **llama,
+        "model_type": "llava",
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "vocab_size": 32000,  # original LLaVA adds no image token
+        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+        "vision_tower_slow": slow_tower,
+        "is_multipath_encoder": True,
+        "input_image_size": 1024,
+        "freeze_vision": False,
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_hidden_size": 1024,
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "image_aspect_ratio": "pad",
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "tie_word_embeddings": False,
+    }
+
+
+_LLAVA_HR_7B = _llava_hr(_VICUNA_7B, "convnext_large_mlp.clip_laion2b_ft_320")
+
+
 @dataclass(frozen=True)
 class Alias:
     name: str
@@ -92,5 +119,12 @@ ALIASES = {
         Alias("llava-next-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", _llava_next(_VICUNA_7B, 32000)),
         Alias("llava-next-vicuna-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", _llava_next(_VICUNA_7B, 32000)),
         Alias("llava-next-mistral-7b", "llava-hf/llava-v1.6-mistral-7b-hf", _llava_next(_MISTRAL_7B, 32000)),
+        Alias("llava-hr-7b", "favor123/llava-hr-7b-sft-1024", _LLAVA_HR_7B),
+        Alias("llava-hr", "favor123/llava-hr-7b-sft-1024", _LLAVA_HR_7B),
+        Alias(
+            "llava-hr-x-13b",
+            "favor123/llava-hr-13b-x-sft-1024",
+            _llava_hr(_VICUNA_13B, "convnext_xxlarge.clip_laion2b_soup"),
+        ),
     )
 }

@@ -27,21 +27,24 @@ from transformers import (
 
 from ..graph.llava import LlavaGraph
 from .checkpoint import save_weights
-from .families import FAMILIES, args_from_config
+from .families import FAMILIES, args_from_config, is_llava_hr
+from .hr import hr_config, write_config
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
 TINY_VOCAB = 272  # 5 specials + 256 bytes, rounded up as LLaVA rounds 32000 to 32064
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer: any text round-trips, no download, 261 tokens."""
+def byte_tokenizer(image_token: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: any text round-trips, no download, 261 tokens (260 without
+    `<image>`, as original LLaVA's vocabulary has no image token)."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: i for i, token in enumerate(SPECIALS + alphabet)}
+    specials = SPECIALS if image_token else [t for t in SPECIALS if t != "<image>"]
+    vocab = {token: i for i, token in enumerate(specials + alphabet)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    tokenizer.add_special_tokens(SPECIALS)
+    tokenizer.add_special_tokens(specials)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -49,7 +52,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         pad_token="<pad>",
         padding_side="left",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": "<image>"} if image_token else {},
     )
 
 
@@ -111,23 +114,76 @@ def _tiny_llava_next() -> LlavaNextConfig:
     )
 
 
-BUILTIN_CONFIGS = {"tiny-llava-1.5": _tiny_llava_15, "tiny-llava-next": _tiny_llava_next}
+def _tiny_llava_hr():
+    """LLaVA-HR in miniature, in the original-LLaVA config layout: a 192 px input, a ConvNeXt of
+    stride 32 -> 6x6 map, a 4-layer CLIP on 48 px (6x6 patches of 8) whose position table is
+    4x4 (trained at 32 px), so it is resampled as the real 24x24 -> 32x32 is."""
+    return hr_config(
+        {
+            "architectures": ["LlavaLlamaForCausalLM"],
+            "model_type": "llava",
+            "vocab_size": TINY_VOCAB,
+            "hidden_size": 64,
+            "intermediate_size": 160,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 512,
+            "rms_norm_eps": 1e-5,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 3,
+            "mm_vision_tower": "tiny-clip",
+            "vision_tower_slow": "tiny-convnext",
+            "fast_vision_config": {
+                "image_size": 32,
+                "patch_size": 8,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 4,
+                "num_attention_heads": 4,
+            },
+            "slow_vision_config": {"depths": [1, 1, 2, 1], "dims": [8, 16, 24, 40], "norm_eps": 1e-6},
+            "is_multipath_encoder": True,
+            "input_image_size": 192,
+            "freeze_vision": False,
+            "mm_projector_type": "mlp2x_gelu",
+            "mm_hidden_size": 32,
+            "mm_vision_select_layer": -2,
+            "mm_vision_select_feature": "patch",
+            "image_aspect_ratio": "pad",
+            "mm_use_im_start_end": False,
+            "mm_use_im_patch_token": False,
+        }
+    )
+
+
+BUILTIN_CONFIGS = {
+    "tiny-llava-1.5": _tiny_llava_15,
+    "tiny-llava-next": _tiny_llava_next,
+    "tiny-llava-hr": _tiny_llava_hr,
+}
 
 
 def init_weights(graph: LlavaGraph, seed: int) -> None:
-    """Deterministic weights whose logits are well separated (so greedy decoding is stable)."""
+    """Deterministic weights whose logits are well separated (so greedy decoding is stable).
+
+    They go in through load_state_dict, so buffers derived at load time (LLaVA-HR's resampled
+    position table) are derived here too."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in graph.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if "norm" in name and name.endswith("weight"):
-                param.copy_(1.0 + 0.1 * noise)
-            elif name.endswith("bias"):
-                param.copy_(0.02 * noise)
-            elif param.dim() >= 2 and "embed" not in name:
-                param.copy_(noise / math.sqrt(param[0].numel()))
-            else:
-                param.copy_(noise / math.sqrt(param.shape[-1]) if param.dim() else noise)
+    state = {}
+    for name, param in graph.named_parameters():
+        noise = torch.randn(param.shape, generator=generator)
+        if "norm" in name and name.endswith("weight"):
+            state[name] = 1.0 + 0.1 * noise
+        elif name.endswith("bias"):
+            state[name] = 0.02 * noise
+        elif param.dim() >= 2 and "embed" not in name:
+            state[name] = noise / math.sqrt(param[0].numel())
+        else:
+            state[name] = noise / math.sqrt(param.shape[-1]) if param.dim() else noise
+    dtypes = {name: param.dtype for name, param in graph.named_parameters()}
+    graph.load_state_dict({name: value.to(dtypes[name]) for name, value in state.items()}, strict=True)
 
 
 def _processor(config, tokenizer):
@@ -152,10 +208,16 @@ def _processor(config, tokenizer):
 
 def write_random_model(config, folder: Path, seed: int = 0, max_shard_bytes: int | None = None) -> Path:
     """Write a random-weight model of a transformers Llava / LlavaNext config in the Hugging Face
-    layout (weights, config, byte-level tokenizer, image processor) into `folder`."""
+    layout (weights, config, byte-level tokenizer, image processor) into `folder`. A LLaVA-HR
+    config is written in the original-LLaVA layout instead (config, weights and tokenizer only)."""
     graph = LlavaGraph(args_from_config(config))
     init_weights(graph, seed)
     folder.mkdir(parents=True, exist_ok=True)
+    if is_llava_hr(config):
+        write_config(config.to_diff_dict() | {"model_type": "llava"}, folder)
+        save_weights(graph, folder, max_shard_bytes)
+        byte_tokenizer(image_token=False).save_pretrained(folder)
+        return folder
     config.save_pretrained(folder)
     save_weights(graph, folder, max_shard_bytes)
     tokenizer = byte_tokenizer()
@@ -175,16 +237,16 @@ def cache_root() -> Path:
 
 def builtin_folder(name: str) -> Path:
     """The built-in model's folder in the cache, written on first use (atomically)."""
-    return cached_folder(name, write_builtin, Path(__file__))
+    return cached_folder(name, write_builtin, (Path(__file__), Path(__file__).with_name("hr.py")))
 
 
-def cached_folder(name: str, write, source: Path) -> Path:
+def cached_folder(name: str, write, sources: tuple[Path, ...]) -> Path:
     """`write(name, folder)`'s output in the cache, written once (atomically).
 
-    Keyed by the content of `source`, the file that defines how it is made, so changing that
+    Keyed by the content of `sources`, the files that define how it is made, so changing them
     never reuses a stale copy.
     """
-    fingerprint = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    fingerprint = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     folder = cache_root() / "builtin" / f"{name}-{fingerprint}"
     if folder.is_dir():
         return folder

@@ -65,6 +65,54 @@ def hub_name(our: str) -> str:
     return our
 
 
+# LLaVA-HR, original-LLaVA layout: (checkpoint prefix, our prefix); first match wins.
+_HR_TOWER = "model.vision_tower."
+_HR_CLIP = _HR_TOWER + "fast_vision_tower.vision_tower.vision_model."
+_HR_CONVNEXT = _HR_TOWER + "slow_vision_tower.vision_tower."
+_HR_TO_OURS = [
+    (_HR_CLIP + "embeddings.", "vision.fast."),
+    (_HR_CLIP + "encoder.", "vision.fast."),
+    (_HR_CLIP, "vision.fast."),
+    (_HR_CONVNEXT, "vision.slow."),
+    (_HR_TOWER + "align_stages_latent.", "vision.adapters."),
+    (_HR_TOWER + "align_stages.0.", "vision.fusion."),
+    ("model.mm_projector.0.", "projector.linear_1."),
+    ("model.mm_projector.2.", "projector.linear_2."),
+    ("lm_head.", "decoder.lm_head."),
+    ("model.", "decoder."),
+]
+# The ConvNeXt classifier head, which LLaVA-HR never runs, and recomputed buffers.
+_HR_IGNORED = re.compile(rf"^{re.escape(_HR_CONVNEXT)}head\.|(position_ids|rotary_emb\.inv_freq)$")
+# LLaVA-HR's ConvNeXt copy calls the layer scale `weight` where timm says `gamma`.
+_HR_LAYER_SCALE = re.compile(r"(stages\.\d+\.blocks\.\d+)\.weight$")
+_OUR_LAYER_SCALE = re.compile(r"(stages\.\d+\.blocks\.\d+)\.gamma$")
+
+
+def hr_our_name(checkpoint_name: str) -> str | None:
+    """A LLaVA-HR original-layout tensor name -> ours (None: not a parameter we load)."""
+    if _HR_IGNORED.search(checkpoint_name):
+        return None
+    for prefix, ours in _HR_TO_OURS:
+        if checkpoint_name.startswith(prefix):
+            name = ours + checkpoint_name[len(prefix) :]
+            return _HR_LAYER_SCALE.sub(r"\1.gamma", name) if ours == "vision.slow." else name
+    return checkpoint_name
+
+
+def hr_checkpoint_name(our: str) -> str:
+    """Our parameter name -> LLaVA-HR's original layout."""
+    if our.startswith("vision.fast.layers."):
+        return _HR_CLIP + "encoder." + our[len("vision.fast.") :]
+    if our.startswith(("vision.fast.patch_embedding", "vision.fast.class_embedding", "vision.fast.position_embedding")):
+        return _HR_CLIP + "embeddings." + our[len("vision.fast.") :]
+    if our.startswith("vision.slow."):
+        return _OUR_LAYER_SCALE.sub(r"\1.weight", _HR_CONVNEXT + our[len("vision.slow.") :])
+    for prefix, ours in _HR_TO_OURS[2:]:  # the embeddings / encoder rows are handled above
+        if our.startswith(ours):
+            return prefix + our[len(ours) :]
+    return our
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The weight files of a checkpoint folder, sharded or not, safetensors preferred."""
     for index_name in WEIGHT_INDEX_FILES:
@@ -96,11 +144,12 @@ def _read_tensors(path: Path):
 def load_weights(graph: LlavaGraph, folder: Path, dtype: torch.dtype) -> None:
     """Fill a (possibly meta-device) graph from a checkpoint folder, shard by shard."""
     expected = dict(graph.named_parameters())
+    to_ours, to_checkpoint = _layout(graph)
     loaded: dict[str, Tensor] = {}
     try:
         for path in weight_files(folder):
             for key, tensor in _read_tensors(path):
-                name = our_name(key)
+                name = to_ours(key)
                 if name is None:
                     continue
                 if name not in expected:
@@ -120,14 +169,22 @@ def load_weights(graph: LlavaGraph, folder: Path, dtype: torch.dtype) -> None:
     missing = sorted(set(expected) - {k for k, v in loaded.items() if v is not None})
     if missing:
         raise UserError(
-            f"weights folder {folder} is incomplete: {len(missing)} tensor(s) missing, e.g. {hub_name(missing[0])!r}"
+            f"weights folder {folder} is incomplete: {len(missing)} tensor(s) missing, "
+            f"e.g. {to_checkpoint(missing[0])!r}"
         )
     graph.load_state_dict(loaded, assign=True, strict=True)
 
 
+def _layout(graph: LlavaGraph):
+    """(checkpoint name -> ours, ours -> checkpoint name) for the graph's family."""
+    return (hr_our_name, hr_checkpoint_name) if graph.args.family == "llava-hr" else (our_name, hub_name)
+
+
 def save_weights(graph: LlavaGraph, folder: Path, max_shard_bytes: int | None = None) -> None:
-    """Write the graph's weights in the Hub layout as (optionally sharded) safetensors."""
-    state = {hub_name(k): v.detach().contiguous() for k, v in graph.state_dict().items()}
+    """Write the graph's weights in its family's layout (the Hub's; LLaVA-HR: original LLaVA's)
+    as (optionally sharded) safetensors."""
+    to_checkpoint = _layout(graph)[1]
+    state = {to_checkpoint(k): v.detach().contiguous() for k, v in graph.state_dict().items()}
     if max_shard_bytes is None:
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         return

@@ -21,11 +21,18 @@ VICUNA_TEMPLATE = (
 )
 
 
+# Original LLaVA's vicuna_v1 conversation (LLaVA-HR's "--version v1"): a system line first.
+VICUNA_V1_TEMPLATE = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions. " + VICUNA_TEMPLATE
+)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
     model_type: str  # config.json "model_type"
-    hf_class: str  # the transformers class our parity tests compare against
+    hf_class: str | None  # the transformers class our parity tests compare against (None: not in transformers)
     default_chat_template: str
 
 
@@ -34,8 +41,14 @@ FAMILIES = {
     for f in (
         Family("llava-1.5", "llava", "LlavaForConditionalGeneration", VICUNA_TEMPLATE),
         Family("llava-next", "llava_next", "LlavaNextForConditionalGeneration", VICUNA_TEMPLATE),
+        # Original-LLaVA layout: a Llama config.json with LLaVA's mm_* keys; told apart by is_multipath_encoder.
+        Family("llava-hr", "llava", None, VICUNA_V1_TEMPLATE),
     )
 }
+
+
+def is_llava_hr(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "is_multipath_encoder", False))
 
 
 def family_for_model_type(model_type: str) -> Family:
@@ -55,46 +68,60 @@ def _rope_theta(text_config: PretrainedConfig) -> float:
     return float(theta if theta is not None else 10000.0)
 
 
-def args_from_config(config: PretrainedConfig) -> LlavaArgs:
-    """Our architecture arguments from a transformers Llava / LlavaNext config object."""
-    family = family_for_model_type(config.model_type)
-    v, t = config.vision_config, config.text_config
+def clip_args(v: PretrainedConfig) -> VisionArgs:
+    """A CLIP vision config -> our VisionArgs."""
     if v.model_type != "clip_vision_model":
         raise UserError(f"vision tower {v.model_type!r} is not supported (only CLIP)")
+    return VisionArgs(
+        image_size=v.image_size,
+        patch_size=v.patch_size,
+        hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size,
+        num_layers=v.num_hidden_layers,
+        num_heads=v.num_attention_heads,
+        layer_norm_eps=v.layer_norm_eps,
+        hidden_act=v.hidden_act,
+        num_channels=v.num_channels,
+    )
+
+
+def text_args(t: PretrainedConfig, tie_word_embeddings: bool) -> TextArgs:
+    """A Llama / Mistral config -> our TextArgs."""
     if t.model_type not in ("llama", "mistral"):
         raise UserError(f"language model {t.model_type!r} is not supported (only Llama and Mistral)")
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+    return TextArgs(
+        vocab_size=t.vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_layers=t.num_hidden_layers,
+        num_heads=t.num_attention_heads,
+        num_kv_heads=t.num_key_value_heads or t.num_attention_heads,
+        head_dim=head_dim,
+        rms_norm_eps=t.rms_norm_eps,
+        rope_theta=_rope_theta(t),
+        max_position_embeddings=t.max_position_embeddings,
+        sliding_window=getattr(t, "sliding_window", None),
+        tie_word_embeddings=tie_word_embeddings,
+        hidden_act=t.hidden_act,
+    )
+
+
+def args_from_config(config: PretrainedConfig) -> LlavaArgs:
+    """Our architecture arguments from a transformers Llava / LlavaNext config object, or from
+    an original-layout LLaVA-HR config (see `models.hr`)."""
+    if is_llava_hr(config):
+        from .hr import llava_hr_args
+
+        return llava_hr_args(config)
+    family = family_for_model_type(config.model_type)
     if not isinstance(config.vision_feature_layer, int):
         raise UserError("multi-layer vision features (a list vision_feature_layer) are not supported yet")
-    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     pinpoints = getattr(config, "image_grid_pinpoints", None) or ()
     return LlavaArgs(
         family=family.name,
-        vision=VisionArgs(
-            image_size=v.image_size,
-            patch_size=v.patch_size,
-            hidden_size=v.hidden_size,
-            intermediate_size=v.intermediate_size,
-            num_layers=v.num_hidden_layers,
-            num_heads=v.num_attention_heads,
-            layer_norm_eps=v.layer_norm_eps,
-            hidden_act=v.hidden_act,
-            num_channels=v.num_channels,
-        ),
-        text=TextArgs(
-            vocab_size=t.vocab_size,
-            hidden_size=t.hidden_size,
-            intermediate_size=t.intermediate_size,
-            num_layers=t.num_hidden_layers,
-            num_heads=t.num_attention_heads,
-            num_kv_heads=t.num_key_value_heads or t.num_attention_heads,
-            head_dim=head_dim,
-            rms_norm_eps=t.rms_norm_eps,
-            rope_theta=_rope_theta(t),
-            max_position_embeddings=t.max_position_embeddings,
-            sliding_window=getattr(t, "sliding_window", None),
-            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-            hidden_act=t.hidden_act,
-        ),
+        vision=clip_args(config.vision_config),
+        text=text_args(config.text_config, bool(getattr(config, "tie_word_embeddings", False))),
         vision_feature_layer=config.vision_feature_layer,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         projector_hidden_act=config.projector_hidden_act,

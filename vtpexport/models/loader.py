@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoProcessor, PretrainedConfig
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PretrainedConfig
 
 from ..errors import UserError
 from ..graph.args import LlavaArgs
@@ -15,7 +16,8 @@ from ..graph.llava import LlavaGraph
 from .aliases import ALIASES
 from .builtin import BUILTIN_CONFIGS, builtin_folder
 from .checkpoint import load_weights
-from .families import FAMILIES, args_from_config
+from .families import FAMILIES, args_from_config, is_llava_hr
+from .hr import PadToSquareProcessor, hr_config
 
 WEIGHTS_ENV = "VTPEXPORT_WEIGHTS_DIR"
 
@@ -35,13 +37,19 @@ class ModelSource:
         return args_from_config(self.config)
 
 
-def _config_from_folder(folder: Path) -> PretrainedConfig:
-    if not (folder / "config.json").is_file():
+def config_from_folder(folder: Path) -> PretrainedConfig:
+    """A model folder's config: Hugging Face layout, or original-LLaVA layout for LLaVA-HR."""
+    path = folder / "config.json"
+    if not path.is_file():
         raise UserError(f"no config.json in {folder}: point --model/--weights at a Hugging Face model folder")
     try:
+        data = json.loads(path.read_text())
+        # Original LLaVA's model_type "llava" would be read as transformers' Llava by AutoConfig.
+        if isinstance(data, dict) and data.get("is_multipath_encoder"):
+            return hr_config(data)
         return AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"cannot read {folder / 'config.json'}: {error}") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
 
 
 def hf_cache_snapshot(repo_id: str) -> Path | None:
@@ -79,18 +87,18 @@ def resolve_model(spec: str, weights: str | None = None) -> ModelSource:
             raise UserError(f"weights folder not found: {folder}")
     if spec in BUILTIN_CONFIGS:
         folder = Path(weights) if weights else builtin_folder(spec)
-        return ModelSource(spec, "builtin", _config_from_folder(folder), folder, [str(folder)])
+        return ModelSource(spec, "builtin", config_from_folder(folder), folder, [str(folder)])
     if spec in ALIASES:
         config_dict = dict(ALIASES[spec].config)
         if weights:
             folder, looked_in = Path(weights), [weights]
-            return ModelSource(spec, "alias", _config_from_folder(folder), folder, looked_in)
+            return ModelSource(spec, "alias", config_from_folder(folder), folder, looked_in)
         folder, looked_in = _alias_folder(spec, weights)
-        config = _config_from_folder(folder) if folder else _alias_config(config_dict)
+        config = config_from_folder(folder) if folder else _alias_config(config_dict)
         return ModelSource(spec, "alias", config, folder, looked_in)
     path = Path(spec)
     if path.is_dir():
-        return ModelSource(spec, "folder", _config_from_folder(path), path, [str(path)])
+        return ModelSource(spec, "folder", config_from_folder(path), path, [str(path)])
     if "/" in spec or path.suffix:
         raise UserError(f"model folder not found: {spec}")
     known = ", ".join(sorted(ALIASES) + sorted(BUILTIN_CONFIGS))
@@ -98,6 +106,8 @@ def resolve_model(spec: str, weights: str | None = None) -> ModelSource:
 
 
 def _alias_config(config_dict: dict) -> PretrainedConfig:
+    if config_dict.get("is_multipath_encoder"):
+        return hr_config(config_dict)
     model_type = config_dict.pop("model_type")
     return AutoConfig.for_model(model_type, **config_dict)
 
@@ -135,9 +145,22 @@ def load_model(spec: str, weights: str | None = None, dtype: torch.dtype = torch
     graph = meta_graph(args)
     load_weights(graph, source.folder, dtype)
     graph.eval()
+    return LoadedModel(source, args, graph, *load_processing(source.folder, source.config))
+
+
+def load_processing(folder: Path, config: PretrainedConfig) -> tuple[object, object, str]:
+    """(tokenizer, image processor, chat template) of a model or export folder."""
+    args = args_from_config(config)
     try:
-        processor = AutoProcessor.from_pretrained(source.folder, local_files_only=True, backend="pil")
+        if is_llava_hr(config):
+            # Original LLaVA ships a tokenizer only; the image processor is LLaVA-HR's fixed recipe.
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            return tokenizer, PadToSquareProcessor(args.input_image_size), _template(tokenizer, args)
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"cannot load the tokenizer / image processor from {source.folder}: {error}") from None
-    template = processor.chat_template or FAMILIES[args.family].default_chat_template
-    return LoadedModel(source, args, graph, processor.tokenizer, processor.image_processor, template)
+        raise UserError(f"cannot load the tokenizer / image processor from {folder}: {error}") from None
+    return processor.tokenizer, processor.image_processor, _template(processor, args)
+
+
+def _template(processor, args: LlavaArgs) -> str:
+    return getattr(processor, "chat_template", None) or FAMILIES[args.family].default_chat_template

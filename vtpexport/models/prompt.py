@@ -41,8 +41,21 @@ def format_prompt(tokenizer, question: str, chat_template: str) -> str:
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
 
-def split_prompt(tokenizer, text: str, image_token_id: int) -> PromptParts:
-    """Tokenize a formatted prompt once and split it at its image token."""
+def split_prompt(tokenizer, text: str, image_token_id: int | None) -> PromptParts:
+    """Tokenize a formatted prompt once and split it at its image token.
+
+    image_token_id None (original LLaVA, no image token in the vocabulary): split the text at
+    `<image>` and tokenize both sides, dropping the suffix's BOS, as LLaVA's
+    tokenizer_image_token does.
+    """
+    if image_token_id is None:
+        prefix, marker, suffix = text.partition(IMAGE_MARKER)
+        if not marker:
+            raise UserError("the formatted prompt has no '<image>' marker")
+        suffix_ids = tokenizer(suffix, add_special_tokens=True)["input_ids"]
+        if suffix_ids[:1] == [tokenizer.bos_token_id]:
+            suffix_ids = suffix_ids[1:]
+        return PromptParts(tokenizer(prefix, add_special_tokens=True)["input_ids"], suffix_ids)
     ids = tokenizer(text, add_special_tokens=True)["input_ids"]
     where = [i for i, token in enumerate(ids) if token == image_token_id]
     if len(where) != 1:

@@ -81,7 +81,9 @@ def resolve_text_encoder(source: ModelSource, spec: str | None) -> Path:
     name = spec or default_text_encoder(source)
     if name == TINY_CLIP:
         width = source.args.vision.hidden_size
-        return cached_folder(f"{TINY_CLIP}-{width}", lambda _, folder: write_tiny_clip(width, folder), Path(__file__))
+        return cached_folder(
+            f"{TINY_CLIP}-{width}", lambda _, folder: write_tiny_clip(width, folder), (Path(__file__),)
+        )
     looked_in = []
     root = os.environ.get(WEIGHTS_ENV)
     if root:

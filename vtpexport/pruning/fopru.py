@@ -11,13 +11,14 @@ from torch import Tensor
 from .ops import topk_ascending
 
 
-def fopru_significance(attn_probs: Tensor) -> Tensor:
-    """sigma [B, N] from the feature layer's attention [B, H, 1 + N, 1 + N] (CLS first).
+def fopru_significance(attn_probs: Tensor, cls_tokens: int = 1) -> Tensor:
+    """sigma [B, N] from the feature layer's attention [B, H, c + N, c + N] (c CLS tokens first;
+    LLaVA-HR's ViT has none).
 
     CLS row and column are dropped without renormalising; heads are averaged. u (attention
     each token receives) or v (attention it gives), whichever varies more, is the score.
     """
-    m = attn_probs[:, :, 1:, 1:].float().mean(dim=1)
+    m = attn_probs[:, :, cls_tokens:, cls_tokens:].float().mean(dim=1)
     received, given = m.mean(dim=1), m.mean(dim=2)
     use_received = received.var(dim=-1, unbiased=False) >= given.var(dim=-1, unbiased=False)
     return torch.where(use_received[:, None], received, given)

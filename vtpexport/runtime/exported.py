@@ -11,13 +11,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ..errors import UserError
 from ..export.manifest import read_manifest
 from ..export.spec import decode_input_name
 from ..models.anyres import packing_index
-from ..models.families import FAMILIES, args_from_config
+from ..models.families import args_from_config
+from ..models.loader import config_from_folder, load_processing
 from ..recipe import Recipe
 from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles, per_image_token_count
 
@@ -41,10 +42,9 @@ class ExportRunner:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
-        self.args = args_from_config(AutoConfig.from_pretrained(self.folder, local_files_only=True))
-        processor = AutoProcessor.from_pretrained(self.folder, local_files_only=True, backend="pil")
-        self.tokenizer, self.image_processor = processor.tokenizer, processor.image_processor
-        self.chat_template = processor.chat_template or FAMILIES[self.args.family].default_chat_template
+        config = config_from_folder(self.folder)
+        self.args = args_from_config(config)
+        self.tokenizer, self.image_processor, self.chat_template = load_processing(self.folder, config)
         recipe_file = self.folder / "recipe.yaml"
         self.recipe = Recipe.load(recipe_file) if recipe_file.is_file() else None
         text_encoder = self.manifest.get("text_encoder")
