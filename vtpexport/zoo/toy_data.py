@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import UserError
@@ -158,7 +157,9 @@ def _position_question(rng, scene):
     obj = rng.choice(scene)
     if rng.random() < 0.5:
         return Question(
-            f"Is the {obj.name} on the left, in the middle or on the right?", COLUMN_THIRDS[_third(obj.column)], "position"
+            f"Is the {obj.name} on the left, in the middle or on the right?",
+            COLUMN_THIRDS[_third(obj.column)],
+            "position",
         )
     return Question(
         f"Is the {obj.name} at the top, in the middle or at the bottom?", ROW_THIRDS[_third(obj.row)], "position"
@@ -222,10 +223,6 @@ def vocabulary() -> list[str]:
     for template in templates:
         words |= set(template.split())
     return sorted(words)
-
-
-def pixel_array(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.uint8)
 
 
 def write_dataset(out: Path, count: int, seed: int) -> Path:
