@@ -42,6 +42,11 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     tokenizer.add_special_tokens(SPECIALS)
+    return wrap_tokenizer(tokenizer)
+
+
+def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """A `tokenizers` tokenizer over SPECIALS as the transformers tokenizer the built-ins ship."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -112,6 +117,9 @@ def _tiny_llava_next() -> LlavaNextConfig:
 
 
 BUILTIN_CONFIGS = {"tiny-llava-1.5": _tiny_llava_15, "tiny-llava-next": _tiny_llava_next}
+# Trained built-ins ship as Hugging Face folders inside the package (see vtpexport/zoo).
+SHIPPED_MODELS = {"toy": Path(__file__).resolve().parent.parent / "zoo" / "toy"}
+BUILTIN_NAMES = (*BUILTIN_CONFIGS, *SHIPPED_MODELS)
 
 
 def init_weights(graph: LlavaGraph, seed: int) -> None:
@@ -130,7 +138,8 @@ def init_weights(graph: LlavaGraph, seed: int) -> None:
                 param.copy_(noise / math.sqrt(param.shape[-1]) if param.dim() else noise)
 
 
-def _processor(config, tokenizer):
+def processor_for(config, tokenizer):
+    """The LLaVA processor (image processor, tokenizer, chat template) a built-in ships."""
     family = FAMILIES[args_from_config(config).family]
     v = config.vision_config
     crop = {"height": v.image_size, "width": v.image_size}
@@ -155,12 +164,17 @@ def write_random_model(config, folder: Path, seed: int = 0, max_shard_bytes: int
     layout (weights, config, byte-level tokenizer, image processor) into `folder`."""
     graph = LlavaGraph(args_from_config(config))
     init_weights(graph, seed)
+    return save_model(graph, config, byte_tokenizer(), folder, max_shard_bytes)
+
+
+def save_model(graph: LlavaGraph, config, tokenizer, folder: Path, max_shard_bytes: int | None = None) -> Path:
+    """Write a graph with its config, tokenizer, chat template and image processor in the
+    Hugging Face layout into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(folder)
     save_weights(graph, folder, max_shard_bytes)
-    tokenizer = byte_tokenizer()
     tokenizer.chat_template = FAMILIES[graph.args.family].default_chat_template
-    _processor(config, tokenizer).save_pretrained(folder)
+    processor_for(config, tokenizer).save_pretrained(folder)
     return folder
 
 
@@ -174,7 +188,10 @@ def cache_root() -> Path:
 
 
 def builtin_folder(name: str) -> Path:
-    """The built-in model's folder in the cache, written on first use (atomically)."""
+    """The built-in model's folder: shipped in the package, or in the cache, written on first
+    use (atomically)."""
+    if name in SHIPPED_MODELS:
+        return SHIPPED_MODELS[name]
     # Keyed by this file's content, so changing how built-ins are made never reuses a stale copy.
     fingerprint = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
     folder = cache_root() / "builtin" / f"{name}-{fingerprint}"
