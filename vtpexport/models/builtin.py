@@ -45,6 +45,11 @@ def byte_tokenizer(image_token: bool = True) -> PreTrainedTokenizerFast:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     tokenizer.add_special_tokens(specials)
+    return wrap_tokenizer(tokenizer, image_token)
+
+
+def wrap_tokenizer(tokenizer: Tokenizer, image_token: bool = True) -> PreTrainedTokenizerFast:
+    """A `tokenizers` tokenizer over SPECIALS as the transformers tokenizer the built-ins ship."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -163,6 +168,9 @@ BUILTIN_CONFIGS = {
     "tiny-llava-next": _tiny_llava_next,
     "tiny-llava-hr": _tiny_llava_hr,
 }
+# Trained built-ins ship as Hugging Face folders inside the package (see vtpexport/zoo).
+SHIPPED_MODELS = {"toy": Path(__file__).resolve().parent.parent / "zoo" / "toy"}
+BUILTIN_NAMES = (*BUILTIN_CONFIGS, *SHIPPED_MODELS)
 
 
 def init_weights(graph: LlavaGraph, seed: int) -> None:
@@ -186,7 +194,8 @@ def init_weights(graph: LlavaGraph, seed: int) -> None:
     graph.load_state_dict({name: value.to(dtypes[name]) for name, value in state.items()}, strict=True)
 
 
-def _processor(config, tokenizer):
+def processor_for(config, tokenizer):
+    """The LLaVA processor (image processor, tokenizer, chat template) a built-in ships."""
     family = FAMILIES[args_from_config(config).family]
     v = config.vision_config
     crop = {"height": v.image_size, "width": v.image_size}
@@ -212,17 +221,22 @@ def write_random_model(config, folder: Path, seed: int = 0, max_shard_bytes: int
     config is written in the original-LLaVA layout instead (config, weights and tokenizer only)."""
     graph = LlavaGraph(args_from_config(config))
     init_weights(graph, seed)
+    return save_model(graph, config, byte_tokenizer(image_token=not is_llava_hr(config)), folder, max_shard_bytes)
+
+
+def save_model(graph: LlavaGraph, config, tokenizer, folder: Path, max_shard_bytes: int | None = None) -> Path:
+    """Write a graph with its config, tokenizer, chat template and image processor in the
+    Hugging Face layout into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     if is_llava_hr(config):
         write_config(config.to_diff_dict() | {"model_type": "llava"}, folder)
         save_weights(graph, folder, max_shard_bytes)
-        byte_tokenizer(image_token=False).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
         return folder
     config.save_pretrained(folder)
     save_weights(graph, folder, max_shard_bytes)
-    tokenizer = byte_tokenizer()
     tokenizer.chat_template = FAMILIES[graph.args.family].default_chat_template
-    _processor(config, tokenizer).save_pretrained(folder)
+    processor_for(config, tokenizer).save_pretrained(folder)
     return folder
 
 
@@ -236,7 +250,10 @@ def cache_root() -> Path:
 
 
 def builtin_folder(name: str) -> Path:
-    """The built-in model's folder in the cache, written on first use (atomically)."""
+    """The built-in model's folder: shipped in the package, or in the cache, written on first
+    use (atomically)."""
+    if name in SHIPPED_MODELS:
+        return SHIPPED_MODELS[name]
     return cached_folder(name, write_builtin, (Path(__file__), Path(__file__).with_name("hr.py")))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .aliases import ALIASES
-from .builtin import BUILTIN_CONFIGS
+from .builtin import BUILTIN_NAMES
 from .loader import meta_graph, resolve_model
 
 
@@ -20,7 +20,7 @@ class CatalogRow:
 
 def catalog() -> list[CatalogRow]:
     rows = []
-    for name in [*ALIASES, *BUILTIN_CONFIGS]:
+    for name in [*ALIASES, *BUILTIN_NAMES]:
         source = resolve_model(name)
         args = source.args
         parameters = sum(p.numel() for p in meta_graph(args).parameters())

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..graph.args import LlavaArgs
 from ..graph.llava import LlavaGraph
 from .aliases import ALIASES
-from .builtin import BUILTIN_CONFIGS, builtin_folder
+from .builtin import BUILTIN_NAMES, builtin_folder
 from .checkpoint import load_weights
 from .families import FAMILIES, args_from_config, is_llava_hr
 from .hr import PadToSquareProcessor, hr_config
@@ -85,7 +85,7 @@ def resolve_model(spec: str, weights: str | None = None) -> ModelSource:
         folder = Path(weights)
         if not folder.is_dir():
             raise UserError(f"weights folder not found: {folder}")
-    if spec in BUILTIN_CONFIGS:
+    if spec in BUILTIN_NAMES:
         folder = Path(weights) if weights else builtin_folder(spec)
         return ModelSource(spec, "builtin", config_from_folder(folder), folder, [str(folder)])
     if spec in ALIASES:
@@ -101,7 +101,7 @@ def resolve_model(spec: str, weights: str | None = None) -> ModelSource:
         return ModelSource(spec, "folder", config_from_folder(path), path, [str(path)])
     if "/" in spec or path.suffix:
         raise UserError(f"model folder not found: {spec}")
-    known = ", ".join(sorted(ALIASES) + sorted(BUILTIN_CONFIGS))
+    known = ", ".join(sorted(ALIASES) + sorted(BUILTIN_NAMES))
     raise UserError(f"unknown model {spec!r}: use one of {known}, or a local Hugging Face model folder")
 
 

@@ -1,0 +1,467 @@
+"""Train the built-in `toy` model: a small LLaVA-1.5 (CLIP ViT, feature layer -2, MLP
+projector, Llama decoder) on the toy task of `toy_data`, reproducible from a seed.
+
+Two stages, as LLaVA itself is trained:
+1. the vision tower alone, on a dense per-patch target (colour, shape, size, row, column of
+   whatever fills each patch cell) - 144 labels per image make this fast;
+2. projector + decoder on the questions, vision tower frozen, with the exact prompt our
+   runtime builds (chat template -> tokenizer -> 144 image placeholders).
+
+Stage 2 packs several questions about one image into one sequence: [prefix | image | q1 a1 |
+q2 a2 | ...], each question seeing the prefix and image but not the other questions, and
+starting at the position it has in a single-question prompt. Every question is thus trained
+exactly as the runtime asks it, while the image tokens are computed once per image.
+
+    python -m vtpexport.zoo.train_toy --out vtpexport/zoo/toy
+
+writes the model in the Hugging Face LLaVA-1.5 layout and `training_report.json` (held-out
+accuracy per question type through our eager runtime, the blind baseline, the wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from torch import Tensor, nn
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+from ..graph.decoder import rope_cos_sin
+from ..graph.llava import LlavaGraph
+from ..models.builtin import SPECIALS, init_weights, processor_for, save_model, wrap_tokenizer
+from ..models.checkpoint import load_weights
+from ..models.families import FAMILIES, args_from_config
+from ..models.prompt import format_prompt, split_prompt
+from . import toy_data
+from .toy_data import COLOURS, GRID, QUESTION_MAKERS, QUESTION_TYPES, SHAPES, SIZES, Question, ToyObject
+
+IMAGE_TOKEN_ID = SPECIALS.index("<image>")
+PAD_TOKEN_ID = SPECIALS.index("<pad>")
+EVAL_SEED = 1234  # the held-out set `python -m vtpexport.zoo.toy_data` writes by default
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    seed: int = 0
+    vision_width: int = 64
+    vision_layers: int = 3
+    text_width: int = 96
+    text_layers: int = 4
+    heads: int = 4
+    vision_batch: int = 16
+    vision_steps: int = 150
+    vision_lr: float = 3e-3
+    images_per_batch: int = 16
+    text_steps: int = 2400
+    text_lr: float = 2e-3
+    # A warm restart of stage 2 at a lower peak: the object-binding questions (exist,
+    # position, relative) are learnt late, after the attribute questions.
+    refine_steps: int = 800
+    refine_lr: float = 1e-3
+    refine_questions_per_type: int = 2  # more answers per image for the same image tokens
+    blind_steps: int = 400
+    warmup_steps: int = 50
+    threads: int = 2
+    eval_count: int = 400
+
+
+def word_tokenizer(words: list[str]):
+    """A lower-casing word-level tokenizer over the task's words (unknown words -> <unk>)."""
+    vocab = {token: i for i, token in enumerate(SPECIALS + words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    tokenizer.add_special_tokens(SPECIALS)
+    return wrap_tokenizer(tokenizer)
+
+
+def toy_config(settings: TrainSettings, vocab_size: int) -> LlavaConfig:
+    vision = CLIPVisionConfig(
+        image_size=toy_data.IMAGE_SIZE,
+        patch_size=toy_data.CELL,
+        hidden_size=settings.vision_width,
+        intermediate_size=4 * settings.vision_width,
+        num_hidden_layers=settings.vision_layers,
+        num_attention_heads=settings.heads,
+        projection_dim=settings.vision_width,
+    )
+    text = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=settings.text_width,
+        intermediate_size=3 * settings.text_width,
+        num_hidden_layers=settings.text_layers,
+        num_attention_heads=settings.heads,
+        num_key_value_heads=settings.heads,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        bos_token_id=SPECIALS.index("<s>"),
+        eos_token_id=SPECIALS.index("</s>"),
+        pad_token_id=PAD_TOKEN_ID,
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=IMAGE_TOKEN_ID,
+        pad_token_id=PAD_TOKEN_ID,
+        tie_word_embeddings=False,
+    )
+
+
+PATCH_CLASSES = (len(COLOURS) + 1, len(SHAPES) + 1, len(SIZES) + 1, GRID, GRID)
+
+
+def patch_targets(scene: list[ToyObject]) -> Tensor:
+    """[GRID * GRID, 5] class of each patch cell: colour, shape, size (0 = background), row, column."""
+    cells = torch.zeros(GRID * GRID, 5, dtype=torch.long)
+    cells[:, 3] = torch.arange(GRID * GRID) // GRID
+    cells[:, 4] = torch.arange(GRID * GRID) % GRID
+    for obj in scene:
+        cell = obj.row * GRID + obj.column
+        cells[cell, 0] = list(COLOURS).index(obj.colour) + 1
+        cells[cell, 1] = SHAPES.index(obj.shape) + 1
+        cells[cell, 2] = SIZES.index(obj.size) + 1
+    return cells
+
+
+class Toolkit:
+    """Tokenizer, processor and prompt cache shared by training and evaluation."""
+
+    def __init__(self, config: LlavaConfig):
+        self.config = config
+        self.tokenizer = word_tokenizer(toy_data.vocabulary())
+        self.template = FAMILIES["llava-1.5"].default_chat_template
+        self.processor = processor_for(config, self.tokenizer)
+        images = self.processor.image_processor
+        self._mean = np.array(images.image_mean, dtype=np.float32)
+        self._std = np.array(images.image_std, dtype=np.float32)
+        self._prompts: dict[str, tuple[list[int], list[int]]] = {}
+
+    def prompt(self, question: str) -> tuple[list[int], list[int]]:
+        """Prefix and suffix ids around the image, exactly as the runtime builds them."""
+        if question not in self._prompts:
+            text = format_prompt(self.tokenizer, question, self.template)
+            parts = split_prompt(self.tokenizer, text, IMAGE_TOKEN_ID)
+            self._prompts[question] = (parts.prefix_ids, parts.suffix_ids)
+        return self._prompts[question]
+
+    def answer_id(self, answer: str) -> int:
+        return self.tokenizer.convert_tokens_to_ids(answer)
+
+    def pixels(self, scenes: list[list[ToyObject]]) -> Tensor:
+        """[B, 3, H, W] as the image processor makes them (rendered at its size, so no resize)."""
+        images = np.stack([np.asarray(toy_data.render(scene), dtype=np.float32) / 255.0 for scene in scenes])
+        return torch.from_numpy(((images - self._mean) / self._std).transpose(0, 3, 1, 2).copy())
+
+
+def step_rng(seed: int, stage: str, step: int) -> random.Random:
+    # String seeds are hashed with sha512: the same stream on every run and platform.
+    return random.Random(f"{seed}:{stage}:{step}")
+
+
+def questions_about(rng: random.Random, scene: list[ToyObject], per_type: int = 1) -> list[Question]:
+    """`per_type` questions of every type that applies to the scene."""
+    questions = [make(rng, scene) for _ in range(per_type) for make in QUESTION_MAKERS.values()]
+    return [q for q in questions if q is not None]
+
+
+@dataclass
+class PackedBatch:
+    """Images with several questions each: [prefix | image | (suffix answer) per question]."""
+
+    prefix_ids: Tensor  # [B, P], identical rows
+    tail_ids: Tensor  # [B, T] the questions' suffixes and answers, right-padded
+    tail_positions: Tensor  # [B, T] RoPE position of each tail token in its own single prompt
+    tail_block: Tensor  # [B, T] which question a token belongs to (1..), 0 = padding
+    targets: Tensor  # [B, T] next token to predict, IGNORE elsewhere
+    scenes: list[list[ToyObject]]
+    questions: list[list[Question]]
+
+
+def pack(kit: Toolkit, scenes: list[list[ToyObject]], questions: list[list[Question]], num_image: int) -> PackedBatch:
+    prefixes, tails = [], []
+    for per_image in questions:
+        ids, positions, blocks, targets = [], [], [], []
+        for block, question in enumerate(per_image, start=1):
+            prefix, suffix = kit.prompt(question.text)
+            start = len(prefix) + num_image
+            answer = kit.answer_id(question.answer)
+            ids += suffix + [answer]
+            positions += range(start, start + len(suffix) + 1)
+            blocks += [block] * (len(suffix) + 1)
+            targets += [IGNORE] * (len(suffix) - 1) + [answer, kit.tokenizer.eos_token_id]
+            prefixes.append(prefix)
+        tails.append((ids, positions, blocks, targets))
+    if any(p != prefixes[0] for p in prefixes):
+        raise ValueError("the chat template put question text before the image; packing needs a shared prefix")
+    width = max(len(t[0]) for t in tails)
+    rows = len(tails)
+    tail_ids = torch.full((rows, width), PAD_TOKEN_ID, dtype=torch.long)
+    tail_positions = torch.zeros((rows, width), dtype=torch.long)
+    tail_block = torch.zeros((rows, width), dtype=torch.long)
+    targets = torch.full((rows, width), IGNORE, dtype=torch.long)
+    for i, (ids, positions, blocks, target) in enumerate(tails):
+        n = len(ids)
+        tail_ids[i, :n], tail_positions[i, :n] = torch.tensor(ids), torch.tensor(positions)
+        tail_block[i, :n], targets[i, :n] = torch.tensor(blocks), torch.tensor(target)
+    prefix_ids = torch.tensor(prefixes[0])[None].expand(rows, -1)
+    return PackedBatch(prefix_ids, tail_ids, tail_positions, tail_block, targets, scenes, questions)
+
+
+def packed_logits(graph: LlavaGraph, batch: PackedBatch, image_embeds: Tensor | None) -> Tensor:
+    """Logits [B, T, V] at the tail tokens; image_embeds [B, N, D] or None (blind)."""
+    decoder = graph.decoder
+    rows, p = batch.prefix_ids.shape
+    parts = [decoder.embed_tokens(batch.prefix_ids)]
+    if image_embeds is not None:
+        parts.append(image_embeds)
+    head_len = p + (0 if image_embeds is None else image_embeds.shape[1])
+    x = torch.cat([*parts, decoder.embed_tokens(batch.tail_ids)], dim=1)
+    head_positions = torch.arange(head_len)[None].expand(rows, -1)
+    positions = torch.cat([head_positions, batch.tail_positions], dim=1)
+    block = torch.cat([torch.zeros_like(head_positions), batch.tail_block], dim=1)
+    # A tail token sees the shared head and earlier tokens of its own question, nothing else.
+    causal = positions[:, None, :] <= positions[:, :, None]
+    same_question = (block[:, None, :] == 0) | (block[:, None, :] == block[:, :, None])
+    allowed = causal & same_question
+    bias = torch.zeros(allowed.shape, dtype=x.dtype).masked_fill(~allowed, torch.finfo(x.dtype).min)[:, None]
+    cos, sin = rope_cos_sin(positions, decoder.args.head_dim, decoder.args.rope_theta, x.dtype)
+    for layer in decoder.layers:
+        q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
+        attn, _ = layer.self_attn.attend(q, k, v, bias)
+        x = layer.finish(x, attn)
+    return decoder.lm_head(decoder.norm(x[:, head_len:]))
+
+
+def image_embeddings(graph: LlavaGraph, kit: Toolkit, scenes: list[list[ToyObject]]) -> Tensor:
+    return graph.tile_features(kit.pixels(scenes))
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optimise(parameters, steps: int, peak: float, warmup: int, loss_at, log, name: str, probe=None) -> None:
+    """AdamW with warmup and cosine decay; `probe(step)` (if given) logs progress every 250 steps."""
+    parameters = [p for p in parameters if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=peak, weight_decay=0.01)
+    started = time.time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, peak, warmup)
+        loss = loss_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"{name} step {step}/{steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)")
+        if probe is not None and step % 250 == 249:
+            log(f"{name} step {step} held-out {probe()}")
+
+
+def train_vision(graph: LlavaGraph, kit: Toolkit, settings: TrainSettings, log) -> None:
+    """Stage 1: the vision tower's feature layer learns to name what fills each patch."""
+    heads = nn.ModuleList(nn.Linear(settings.vision_width, n) for n in PATCH_CLASSES)
+    feature_layer = graph.args.feature_layer_index
+
+    def loss_at(step: int) -> Tensor:
+        rng = step_rng(settings.seed, "vision", step)
+        scenes = [toy_data.random_scene(rng) for _ in range(settings.vision_batch)]
+        targets = torch.stack([patch_targets(scene) for scene in scenes])  # [B, N, 5]
+        features = graph.vision(kit.pixels(scenes), feature_layer=feature_layer).features[:, 1:]
+        losses = [F.cross_entropy(h(features).flatten(0, 1), targets[..., i].flatten()) for i, h in enumerate(heads)]
+        return torch.stack(losses).sum()
+
+    parameters = [*graph.vision.parameters(), *heads.parameters()]
+    optimise(parameters, settings.vision_steps, settings.vision_lr, settings.warmup_steps, loss_at, log, "vision")
+
+
+def question_batch(kit: Toolkit, settings: TrainSettings, stage: str, step: int, num_image: int) -> PackedBatch:
+    rng = step_rng(settings.seed, stage, step)
+    scenes = [toy_data.random_scene(rng) for _ in range(settings.images_per_batch)]
+    per_type = settings.refine_questions_per_type if stage == "refine" else 1
+    return pack(kit, scenes, [questions_about(rng, scene, per_type) for scene in scenes], num_image)
+
+
+def answer_loss(logits: Tensor, batch: PackedBatch) -> Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE)
+
+
+def train_questions(graph: LlavaGraph, kit: Toolkit, settings: TrainSettings, log, stage: str) -> None:
+    """Stage 2 ("questions", then "refine") or the blind baseline ("blind"): the decoder
+    answers from the prompt; each stage draws its own stream of samples."""
+    with_image = stage != "blind"
+    num_image = graph.args.vision.num_patches if with_image else 0
+
+    def loss_at(step: int) -> Tensor:
+        batch = question_batch(kit, settings, stage, step, num_image)
+        with torch.no_grad():  # the vision tower is frozen; the projector trains
+            features = graph.vision(kit.pixels(batch.scenes), feature_layer=graph.args.feature_layer_index).features
+        embeds = graph.projector(features[:, 1:]) if with_image else None
+        return answer_loss(packed_logits(graph, batch, embeds), batch)
+
+    held_out = toy_data.samples(EVAL_SEED, settings.eval_count)
+
+    def probe() -> dict[str, float]:
+        scores = packed_accuracy(graph.eval(), kit, held_out, with_image)
+        graph.train()
+        return scores
+
+    steps, peak = {
+        "questions": (settings.text_steps, settings.text_lr),
+        "refine": (settings.refine_steps, settings.refine_lr),
+        "blind": (settings.blind_steps, settings.text_lr),
+    }[stage]
+    optimise(graph.parameters(), steps, peak, settings.warmup_steps, loss_at, log, stage, probe)
+
+
+@torch.no_grad()
+def packed_accuracy(graph: LlavaGraph, kit: Toolkit, samples, with_image: bool) -> dict[str, float]:
+    """Accuracy per question type of the answer word (argmax), one question per image."""
+    num_image = graph.args.vision.num_patches if with_image else 0
+    right: dict[str, list[bool]] = {t: [] for t in QUESTION_TYPES}
+    for start in range(0, len(samples), 64):
+        chunk = samples[start : start + 64]
+        batch = pack(kit, [s for s, _ in chunk], [[q] for _, q in chunk], num_image)
+        embeds = image_embeddings(graph, kit, batch.scenes) if with_image else None
+        logits = packed_logits(graph, batch, embeds)
+        answer_at = (batch.targets != IGNORE).long().argmax(dim=1)  # first target = the answer word
+        predicted = logits[torch.arange(len(chunk)), answer_at].argmax(-1)
+        for (_, question), token in zip(chunk, predicted.tolist(), strict=True):
+            right[question.type].append(token == kit.answer_id(question.answer))
+    return summarise(right)
+
+
+def summarise(right: dict[str, list[bool]]) -> dict[str, float]:
+    scores = {t: round(sum(v) / len(v), 4) for t, v in right.items() if v}
+    every = [x for v in right.values() for x in v]
+    scores["overall"] = round(sum(every) / len(every), 4)
+    return scores
+
+
+def build_model(settings: TrainSettings) -> tuple[LlavaGraph, Toolkit]:
+    words = toy_data.vocabulary()
+    config = toy_config(settings, len(SPECIALS) + len(words))
+    torch.manual_seed(settings.seed)  # the probe heads of stage 1 draw from the global generator
+    graph = LlavaGraph(args_from_config(config))
+    init_weights(graph, settings.seed)
+    return graph, Toolkit(config)
+
+
+def configure_determinism(threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+
+
+def train(settings: TrainSettings, log=print, resume_from: Path | None = None) -> tuple[LlavaGraph, Toolkit]:
+    """Both stages; the same settings give the same weights.
+
+    resume_from: a model written with the same settings but refine_steps=0, i.e. the exact
+    state before the refine stage; training continues from there with the refine stage only.
+    """
+    configure_determinism(settings.threads)
+    graph, kit = build_model(settings)
+    graph.train()
+    if resume_from is None:
+        train_vision(graph, kit, settings, log)
+        graph.vision.requires_grad_(False)
+        train_questions(graph, kit, settings, log, "questions")
+    else:
+        load_weights(graph, resume_from, torch.float32)
+        graph.vision.requires_grad_(False)
+    if settings.refine_steps:
+        train_questions(graph, kit, settings, log, "refine")
+    graph.requires_grad_(True)
+    return graph.eval(), kit
+
+
+def train_blind(settings: TrainSettings, log=print) -> dict[str, float]:
+    """The same decoder trained and evaluated on the questions alone (no image tokens)."""
+    configure_determinism(settings.threads)
+    graph, kit = build_model(settings)
+    train_questions(graph, kit, settings, log, "blind")
+    return packed_accuracy(graph.eval(), kit, toy_data.samples(EVAL_SEED, settings.eval_count), with_image=False)
+
+
+def runtime_accuracy(folder: Path, count: int) -> dict[str, float]:
+    """Held-out accuracy through the path users take: our loader and eager runtime."""
+    from ..models.loader import load_model
+    from ..runtime.eager import greedy_generate, prepare
+
+    loaded = load_model(str(folder))
+    right: dict[str, list[bool]] = {t: [] for t in QUESTION_TYPES}
+    held_out = toy_data.samples(EVAL_SEED, count)
+    for start in range(0, count, 32):
+        chunk = held_out[start : start + 32]
+        images = [toy_data.render(scene) for scene, _ in chunk]
+        batch = prepare(loaded, images, [q.text for _, q in chunk], max_new_tokens=4)
+        for (_, question), tokens in zip(chunk, greedy_generate(loaded, batch, 4), strict=True):
+            answer = loaded.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            right[question.type].append(answer == question.answer)
+    return summarise(right)
+
+
+@click.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model folder to write (replaced).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--text-steps", type=int, default=TrainSettings.text_steps, show_default=True)
+@click.option("--vision-steps", type=int, default=TrainSettings.vision_steps, show_default=True)
+@click.option("--blind-steps", type=int, default=TrainSettings.blind_steps, show_default=True)
+@click.option("--text-lr", type=float, default=TrainSettings.text_lr, show_default=True)
+@click.option("--refine-steps", type=int, default=TrainSettings.refine_steps, show_default=True)
+@click.option("--refine-lr", type=float, default=TrainSettings.refine_lr, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option(
+    "--resume-from",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A model this command wrote with the same settings and --refine-steps 0: run only the refine stage.",
+)
+def main(out: Path, resume_from: Path | None, **options) -> None:
+    """Train the toy LLaVA and write it (with its measured accuracy) to --out."""
+    settings = TrainSettings(**options)
+    started = time.time()
+    graph, kit = train(settings, resume_from=resume_from)
+    train_seconds = time.time() - started
+    if resume_from is not None:  # count the time that produced the resumed state too
+        train_seconds += json.loads((resume_from / "training_report.json").read_text())["train_seconds"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        save_model(graph, kit.config, kit.tokenizer, staging)
+        report = {
+            "settings": asdict(settings),
+            "train_seconds": round(train_seconds),
+            "held_out": {"seed": EVAL_SEED, "count": settings.eval_count},
+            "accuracy": runtime_accuracy(staging, settings.eval_count),
+            "blind_accuracy": train_blind(settings),
+        }
+        (staging / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
