@@ -252,6 +252,8 @@ def test_trt_backend_on_an_export_without_engines(refused_export, image_file):
     out, _ = refused_export
     line = one_error_line(invoke("run", out, "--image", image_file, "--prompt", "What?", "--backend", "trt"))
     assert line == f"error: {out} has no TensorRT engines; build them with: vtpexport build --from {out} --engine trt"
+    bench = ("bench", out, "--baseline", out, "--image", image_file, "--prompt", "What?", "--backend", "trt")
+    assert one_error_line(invoke(*bench)) == line
 
 
 def parse_config(path):

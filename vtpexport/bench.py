@@ -157,11 +157,11 @@ def benchmark(
     decode_tokens: int = 16,
     limit: int = 4,
     progress: bool = False,
+    backend: str = "ort",
 ) -> BenchReport:
     from tqdm import tqdm
 
     from .export.manifest import read_manifest
-    from .runtime.ort import OrtRunner
 
     prompts = workload(data, image, prompt, limit)
     manifests = {path: read_manifest(path) for path in (folder, baseline)}
@@ -172,9 +172,7 @@ def benchmark(
             f"{manifests[baseline]['model']['name']}): their speeds do not compare"
         )
     images = [load_image(path) for path, _ in prompts]
-    # No spinning ORT threads: the idle side must not steal cores from the side being timed.
-    config = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
-    runners = {path: OrtRunner(path, session_config=config) for path in (folder, baseline)}
+    runners = {path: _runner(path, backend) for path in (folder, baseline)}
     sides = {path: Side(manifests[path]["name"], str(path), decode_tokens=decode_tokens) for path in runners}
     bar = tqdm(total=(repeats + 1) * 2, desc="benchmarking", unit="pass", disable=None if progress else True)
     with bar:
@@ -190,7 +188,7 @@ def benchmark(
                         _count(side, runner, picture, batch)
                 bar.update()
     for path, side in sides.items():
-        side.memory = memory_probe(path, prompts, decode_tokens)
+        side.memory = memory_probe(path, prompts, decode_tokens, backend)
     return BenchReport(sides[folder], sides[baseline], len(prompts), repeats)
 
 
@@ -204,9 +202,27 @@ def _count(side: Side, runner, image, batch) -> None:
     side.decode_step_macs += exact_decode_macs(args, lengths).total
 
 
-def memory_probe(folder: str, prompts: list[tuple[Path, str]], decode_tokens: int) -> dict:
+def _runner(folder: str, backend: str):
+    from .runtime.exported import open_runner
+    from .runtime.ort import OrtRunner
+
+    if backend == "trt":
+        return open_runner(folder, backend)
+    # No spinning ORT threads: the idle side must not steal cores from the side being timed.
+    config = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+    return OrtRunner(folder, backend, session_config=config)
+
+
+def memory_probe(folder: str, prompts: list[tuple[Path, str]], decode_tokens: int, backend: str = "ort") -> dict:
     """Run this export alone in a fresh interpreter over the same prompts; its memory figures."""
-    request = json.dumps({"folder": str(folder), "prompts": [[str(p), q] for p, q in prompts], "decode": decode_tokens})
+    request = json.dumps(
+        {
+            "folder": str(folder),
+            "prompts": [[str(p), q] for p, q in prompts],
+            "decode": decode_tokens,
+            "backend": backend,
+        }
+    )
     done = subprocess.run(
         [sys.executable, "-m", "vtpexport.bench", request], capture_output=True, text=True, check=False
     )
@@ -222,11 +238,9 @@ def _current_rss_bytes() -> int:
 
 
 def _probe(request: dict) -> dict:
-    from .runtime.ort import OrtRunner
-
     images = [load_image(path) for path, _ in request["prompts"]]
     before = _current_rss_bytes()
-    runner = OrtRunner(request["folder"])
+    runner = _runner(request["folder"], request["backend"])
     for image, (_, question) in zip(images, request["prompts"], strict=True):
         _time_prompt(runner, image, question, request["decode"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux

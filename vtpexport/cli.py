@@ -509,7 +509,8 @@ def evaluate(candidates, data, model_spec, weights, out_path, plot_path, limit, 
 @click.option("--repeats", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--decode-tokens", type=click.IntRange(1, 4096), default=16, show_default=True)
 @click.option("--out", "out_path", default=None, metavar="FILE.json", help="Write the measurements as JSON.")
-def bench(export_dir, baseline, data, image_path, prompt, limit, repeats, decode_tokens, out_path) -> None:
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True)
+def bench(export_dir, baseline, data, image_path, prompt, limit, repeats, decode_tokens, out_path, backend) -> None:
     """Time to first token, decode tokens/s, peak memory and FLOPs of an export against a baseline.
 
     Both are measured alternately in this process; memory in a fresh subprocess per side.
@@ -521,7 +522,9 @@ def bench(export_dir, baseline, data, image_path, prompt, limit, repeats, decode
 
     if out_path:
         check_writable(out_path, "the results")
-    report = benchmark(export_dir, baseline, data, image_path, prompt, repeats, decode_tokens, limit, progress=True)
+    report = benchmark(
+        export_dir, baseline, data, image_path, prompt, repeats, decode_tokens, limit, progress=True, backend=backend
+    )
     Console().print(bench_view(report))
     if out_path:
         click.echo(f"wrote {report.write_json(out_path)}")
