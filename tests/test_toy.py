@@ -171,3 +171,19 @@ def test_resuming_before_the_refine_stage_gives_the_weights_of_one_run(tmp_path)
     whole, _ = train(TINY, log=lambda _: None)
     a, b = resumed.state_dict(), whole.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_toy_data_writes_refuses_and_replaces(tmp_path):
+    from click.testing import CliRunner
+
+    from vtpexport.cli import main
+
+    out = tmp_path / "held-out"
+    args = ["toy-data", "--out", str(out), "--count", "3", "--seed", "5"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    rows = (out / "data.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and all((out / json.loads(r)["image"]).is_file() for r in rows)
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and refused.output.startswith("error: ") and "--force" in refused.output
+    assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
+    assert (out / "data.jsonl").read_text().splitlines() == rows

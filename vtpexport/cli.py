@@ -556,3 +556,17 @@ def viz(model_spec, weights, recipe_path, image_path, prompt, out_path) -> None:
     panels = kept_patch_panels(model, recipe, image, prompt)
     plot_kept_patches(image, layout, panels, out_path, f"{recipe.name} on {model.source.name}: {prompt}")
     click.echo(f"wrote {out_path}")
+
+
+@main.command("toy-data")
+@click.option("--out", required=True, help="Folder for images/ and data.jsonl.")
+@click.option("--count", type=click.IntRange(1), default=400, show_default=True, help="Number of samples.")
+@click.option("--seed", type=int, default=1234, show_default=True, help="1234 is the toy's held-out split.")
+@click.option("--force", is_flag=True, help="Replace an existing folder.")
+def toy_data(out, count, seed, force) -> None:
+    """Write questions about generated scenes of the toy task (images, questions, answers, types)."""
+    from pathlib import Path
+
+    from .zoo.toy_data import write_dataset
+
+    click.echo(f"wrote {count} samples to {write_dataset(Path(out), count, seed, force) / 'data.jsonl'}")

@@ -225,12 +225,13 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def write_dataset(out: Path, count: int, seed: int) -> Path:
-    """Write `count` held-out samples as PNGs and data.jsonl into `out` (atomically)."""
+def write_dataset(out: Path, count: int, seed: int, force: bool = False) -> Path:
+    """Write `count` held-out samples as PNGs and data.jsonl into `out` (atomically); `force`
+    replaces an existing folder."""
     if count < 1:
         raise UserError("--count must be at least 1")
-    if out.exists():
-        raise UserError(f"{out} exists; choose a new --out folder")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; choose a new --out folder or pass --force")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -241,6 +242,8 @@ def write_dataset(out: Path, count: int, seed: int) -> Path:
             render(scene).save(staging / name)
             rows.append({"image": name, "question": question.text, "answer": question.answer, "type": question.type})
         (staging / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if out.exists():
+            shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
