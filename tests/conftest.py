@@ -65,9 +65,9 @@ def write_labelled_data(folder: Path, count: int, sizes=((48, 48), (60, 90))) ->
 
 
 @pytest.fixture(scope="session")
-def tiny_exports(tmp_path_factory):
-    """Export folders of the tiny models, built lazily and once per session: get(model, recipe)
-    with recipe None (unpruned) or a (name, ScheduleSpec) pair."""
+def exports(tmp_path_factory):
+    """Export folders of the tiny models, built lazily and once per session:
+    get(model, name="unpruned", selector=None, schedule=None)."""
     from vtpexport.export.build import build_onnx
     from vtpexport.models.loader import architecture
     from vtpexport.recipe import ModelRef, Recipe
@@ -75,17 +75,17 @@ def tiny_exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("shared-exports")
     built = {}
 
-    def get(model_name: str, recipe=None) -> Path:
-        name = recipe[0] if recipe else "unpruned"
-        if (model_name, name) not in built:
+    def get(model_name: str, name: str = "unpruned", selector=None, schedule=None) -> Path:
+        key = (model_name, name, selector, schedule)
+        if key not in built:
             recipe_path = None
-            if recipe:
+            if name != "unpruned":
                 args = architecture(model_name)
                 recipe_path = root / f"{model_name}-{name}.yaml"
                 model = ModelRef(args.family, model_name, args.config_hash())
-                Recipe(name, model, schedule=recipe[1]).save(recipe_path)
-            out = root / f"{model_name}-{name}"
-            built[model_name, name] = build_onnx(model_name, str(recipe_path) if recipe_path else None, str(out))
-        return built[model_name, name]
+                Recipe(name, model, selector, schedule).save(recipe_path)
+            out = root / f"{model_name}-{name}-{len(built)}"
+            built[key] = build_onnx(model_name, str(recipe_path) if recipe_path else None, str(out))
+        return built[key]
 
     return get

@@ -14,9 +14,9 @@ def invoke(*args):
     return CliRunner().invoke(main, ["bench", *map(str, args)], terminal_width=160)
 
 
-def test_bench_pruned_against_unpruned(tmp_path, tiny_exports):
-    pruned = tiny_exports("tiny-llava-1.5", ("fastv", ScheduleSpec("fastv", layer=2, ratio=0.5)))
-    unpruned = tiny_exports("tiny-llava-1.5")
+def test_bench_pruned_against_unpruned(tmp_path, exports):
+    pruned = exports("tiny-llava-1.5", "fastv", schedule=ScheduleSpec("fastv", layer=2, ratio=0.5))
+    unpruned = exports("tiny-llava-1.5")
     data = write_labelled_data(tmp_path, 3)
     out = tmp_path / "bench.json"
     args = ["--data", data, "--limit", 2, "--repeats", 2, "--decode-tokens", 3, "--out", out]
@@ -39,16 +39,16 @@ def test_bench_pruned_against_unpruned(tmp_path, tiny_exports):
     assert set(ratios) >= {"time_to_first_token_speedup", "decode_tokens_per_s_ratio", "peak_rss_ratio"}
 
 
-def test_bench_one_image(tmp_path, image_file, tiny_exports):
-    unpruned = tiny_exports("tiny-llava-1.5")
+def test_bench_one_image(tmp_path, image_file, exports):
+    unpruned = exports("tiny-llava-1.5")
     args = ["--image", image_file, "--prompt", "What?", "--repeats", 1, "--decode-tokens", 2]
     result = invoke(unpruned, "--baseline", unpruned, *args)
     assert result.exit_code == 0, result.output
     assert "1 prompt(s)" in result.output
 
 
-def test_bench_bad_input(tmp_path, image_file, tiny_exports):
-    unpruned = tiny_exports("tiny-llava-1.5")
+def test_bench_bad_input(tmp_path, image_file, exports):
+    unpruned = exports("tiny-llava-1.5")
     other = tmp_path / "other"
     other.mkdir()
     manifest = json.loads((unpruned / "manifest.json").read_text())

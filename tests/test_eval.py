@@ -47,8 +47,8 @@ def test_first_token_kl():
     assert first_token_kl(logits, other) == pytest.approx(float((p * (p / q).log()).sum()))
 
 
-def test_eval_export_and_recipes(tmp_path, data, tiny_exports):
-    unpruned_export = tiny_exports("tiny-llava-1.5")
+def test_eval_export_and_recipes(tmp_path, data, exports):
+    unpruned_export = exports("tiny-llava-1.5")
     fastv = write_recipe(tmp_path, "tiny-llava-1.5", "fastv", schedule=ScheduleSpec("fastv", layer=2, ratio=0.5))
     fopru = write_recipe(tmp_path, "tiny-llava-1.5", "fopru", selector=SelectorSpec("fopru-rank", ratio=0.25))
     prumerge = write_recipe(tmp_path, "tiny-llava-1.5", "prumerge", selector=SelectorSpec("prumerge"))
@@ -143,8 +143,8 @@ def test_bad_input(tmp_path, image_file):
         assert_one_line_error(invoke(*args), pattern)
 
 
-def test_export_of_another_model_is_refused(tmp_path, image_file, tiny_exports):
+def test_export_of_another_model_is_refused(tmp_path, image_file, exports):
     data = tmp_path / "good.jsonl"
     data.write_text(json.dumps({"image": str(image_file), "question": "What?"}) + "\n")
-    result = invoke(tiny_exports("tiny-llava-1.5"), "--data", data, "--model", "tiny-llava-next")
+    result = invoke(exports("tiny-llava-1.5"), "--data", data, "--model", "tiny-llava-next")
     assert_one_line_error(result, r"was exported from tiny-llava-1.5 .* not from tiny-llava-next")

@@ -29,22 +29,6 @@ def write_recipe(folder, model_name, name, selector=None, schedule=None):
     return path
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """Export folders by key, built lazily and once."""
-    root = tmp_path_factory.mktemp("exports")
-    built = {}
-
-    def get(model_name, name="unpruned", selector=None, schedule=None):
-        key = (model_name, name)
-        if key not in built:
-            recipe = None if name == "unpruned" else write_recipe(root, model_name, name, selector, schedule)
-            built[key] = build_onnx(model_name, str(recipe) if recipe else None, str(root / f"{model_name}-{name}"))
-        return built[key]
-
-    return get
-
-
 @pytest.mark.parametrize("name", ["tiny-llava-1.5", "tiny-llava-next"])
 def test_unpruned_export_generates_like_transformers(exports, name):
     runner = OrtRunner(exports(name))
