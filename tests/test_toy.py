@@ -73,6 +73,14 @@ def test_answers_follow_the_scene():
     assert count.answer == str(sum(word in (o.colour, o.shape + "s") for o in scene))
 
 
+def test_extra_questions_follow_one_of_each_type():
+    scene = [toy_data.ToyObject("red", "circle", "big", 0, 0), toy_data.ToyObject("blue", "cross", "small", 7, 3)]
+    once = questions_about(random.Random(0), scene)
+    more = questions_about(random.Random(0), scene, extra=(("position", 2), ("size", 1)))
+    assert more[: len(once)] == once
+    assert [q.type for q in more[len(once) :]] == ["position", "position", "size"]
+
+
 def test_every_question_word_is_in_the_vocabulary():
     _, kit = build_model(TINY)
     for _, question in toy_data.samples(11, 400):

@@ -5,7 +5,9 @@ Two stages, as LLaVA itself is trained:
 1. the vision tower alone, on a dense per-patch target (colour, shape, size, row, column of
    whatever fills each patch cell) - 144 labels per image make this fast;
 2. projector + decoder on the questions, vision tower frozen, with the exact prompt our
-   runtime builds (chat template -> tokenizer -> 144 image placeholders).
+   runtime builds (chat template -> tokenizer -> 144 image placeholders), one question of
+   each type per image plus extra position and relative ones, then a warm restart at a
+   lower rate ("refine").
 
 Stage 2 packs several questions about one image into one sequence: [prefix | image | q1 a1 |
 q2 a2 | ...], each question seeing the prefix and image but not the other questions, and
@@ -71,6 +73,9 @@ class TrainSettings:
     refine_steps: int = 800
     refine_lr: float = 1e-3
     refine_questions_per_type: int = 2  # more answers per image for the same image tokens
+    # Extra questions per image for the types that need two hops (find the named object,
+    # then read its place): they are learnt last and are the most fragile under pruning.
+    extra_questions: tuple[tuple[str, int], ...] = (("position", 2), ("relative", 3))
     blind_steps: int = 400
     warmup_steps: int = 50
     threads: int = 2
@@ -172,9 +177,12 @@ def step_rng(seed: int, stage: str, step: int) -> random.Random:
     return random.Random(f"{seed}:{stage}:{step}")
 
 
-def questions_about(rng: random.Random, scene: list[ToyObject], per_type: int = 1) -> list[Question]:
-    """`per_type` questions of every type that applies to the scene."""
+def questions_about(
+    rng: random.Random, scene: list[ToyObject], per_type: int = 1, extra: tuple[tuple[str, int], ...] = ()
+) -> list[Question]:
+    """`per_type` questions of every type that applies to the scene, then `extra` more of some types."""
     questions = [make(rng, scene) for _ in range(per_type) for make in QUESTION_MAKERS.values()]
+    questions += [QUESTION_MAKERS[kind](rng, scene) for kind, count in extra for _ in range(count)]
     return [q for q in questions if q is not None]
 
 
@@ -297,7 +305,8 @@ def question_batch(kit: Toolkit, settings: TrainSettings, stage: str, step: int,
     rng = step_rng(settings.seed, stage, step)
     scenes = [toy_data.random_scene(rng) for _ in range(settings.images_per_batch)]
     per_type = settings.refine_questions_per_type if stage == "refine" else 1
-    return pack(kit, scenes, [questions_about(rng, scene, per_type) for scene in scenes], num_image)
+    questions = [questions_about(rng, scene, per_type, settings.extra_questions) for scene in scenes]
+    return pack(kit, scenes, questions, num_image)
 
 
 def answer_loss(logits: Tensor, batch: PackedBatch) -> Tensor:
@@ -418,9 +427,28 @@ def runtime_accuracy(folder: Path, count: int) -> dict[str, float]:
     return summarise(right)
 
 
+def parse_extra_questions(_context, _parameter, values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    extra = []
+    for value in values:
+        kind, _, count = value.partition("=")
+        if kind not in QUESTION_TYPES or not count.isdigit():
+            raise click.BadParameter(f"{value!r}: expected TYPE=N with TYPE one of {', '.join(QUESTION_TYPES)}")
+        extra.append((kind, int(count)))
+    return tuple(extra)
+
+
 @click.command()
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model folder to write (replaced).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--text-width", type=int, default=TrainSettings.text_width, show_default=True)
+@click.option(
+    "--extra-questions",
+    multiple=True,
+    default=[f"{kind}={count}" for kind, count in TrainSettings.extra_questions],
+    show_default=True,
+    callback=parse_extra_questions,
+    help="TYPE=N: N more questions of TYPE per training image (repeatable).",
+)
 @click.option("--text-steps", type=int, default=TrainSettings.text_steps, show_default=True)
 @click.option("--vision-steps", type=int, default=TrainSettings.vision_steps, show_default=True)
 @click.option("--blind-steps", type=int, default=TrainSettings.blind_steps, show_default=True)
