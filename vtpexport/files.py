@@ -1,10 +1,12 @@
-"""Writing output files atomically: a temporary file beside the target, renamed into place."""
+"""Writing outputs atomically: a temporary file or folder beside the target, renamed into place."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,6 +33,35 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], what: 
         Path(temporary).unlink(missing_ok=True)
         raise UserError(f"cannot write {what} to {path}: {error.strerror or error}") from None
     return path
+
+
+@contextmanager
+def folder_atomically(out: str | Path, force: bool, what: str) -> Iterator[Path]:
+    """A temporary folder beside `out` for the block to fill: renamed to `out` (replacing it,
+    with `force`) when the block completes, removed when it fails or is interrupted, so `out` is
+    never a half-written folder. `what` names the folder in errors ("the export")."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
+    except OSError as error:
+        raise UserError(f"cannot write {what} to {out.parent}: {error.strerror or error}") from None
+    try:
+        yield staging
+        if out.exists():
+            retired = out.with_name(f".{out.name}.replaced")
+            shutil.rmtree(retired, ignore_errors=True)
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def check_writable(path: str | Path, what: str) -> Path:

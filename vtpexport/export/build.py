@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
+from ..files import folder_atomically
 from ..flops import exact_prefill_macs, paper_flops
 from ..models.loader import load_model
 from ..models.text_encoder import TEXT_TOKENIZER, attach_text_encoder
@@ -47,29 +47,6 @@ SUPPORTED_OPSETS = (18, 24)  # the dynamo exporter needs >= 18; TensorRT 10.15+ 
 def default_output(recipe: Recipe | None, model_spec: str) -> Path:
     name = recipe.name if recipe else f"{Path(model_spec).name}-unpruned"
     return Path("exported") / name
-
-
-def staging_folder(out: Path, force: bool) -> Path:
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to replace it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        staging.chmod(0o755)  # mkdtemp makes it private; the finished export is an ordinary folder
-        return staging
-    except OSError as error:
-        raise UserError(f"cannot write the export to {out.parent}: {error.strerror or error}") from None
-
-
-def move_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        retired = out.with_name(f".{out.name}.replaced")
-        shutil.rmtree(retired, ignore_errors=True)
-        out.rename(retired)
-        staging.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(out)
 
 
 def build_onnx(
@@ -105,8 +82,7 @@ def build_onnx(
     if args.text.sliding_window is not None:
         raise UserError("sliding-window attention is not supported by the exporter yet (config sliding_window)")
     destination = Path(out) if out else default_output(recipe, model_spec)
-    staging = staging_folder(destination, force)
-    try:
+    with folder_atomically(destination, force, "the export") as staging:
         specs = graph_specs(args, recipe, chosen.dtype_name, text.args if text else None)
         expressions = export_all(
             model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"), text
@@ -139,10 +115,6 @@ def build_onnx(
         content = _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, chosen.name)
         (staging / PROFILES).write_text(profiles_json(engine_profiles(content)))
         write_manifest(staging, content)
-        move_into_place(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return destination
 
 

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import UserError
-from .build import move_into_place, staging_folder
+from ..files import folder_atomically
 from .manifest import MANIFEST, changed_files, read_manifest
 
 TRITON_TYPES = {
@@ -79,8 +79,7 @@ def write_triton_repo(export_dir: str | Path, repo_dir: str | Path, force: bool 
         raise UserError(f"{export_dir} does not match its manifest: {', '.join(changed)}")
     prefix = re.sub(r"[^A-Za-z0-9_-]", "_", manifest["name"])
     engines = (manifest.get("tensorrt") or {}).get("engines", {})
-    staging = staging_folder(repo_dir, force)
-    try:
+    with folder_atomically(repo_dir, force, "the Triton repository") as staging:
         graph_models = {}
         for graph, info in manifest["graphs"].items():
             model = graph_models[graph] = f"{prefix}_{graph}"
@@ -101,8 +100,4 @@ def write_triton_repo(export_dir: str | Path, repo_dir: str | Path, force: bool 
             if not name.endswith(GRAPH_SUFFIXES):
                 shutil.copy2(export_dir / name, version / "export" / name)
         (staging / model / "config.pbtxt").write_text(generate_config(model, graph_models))
-        move_into_place(staging, repo_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return repo_dir

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import click
 from PIL import Image, ImageDraw
 
 from ..errors import UserError
+from ..files import folder_atomically
 
 GRID = 12  # cells per side: 144 visual tokens
 CELL = 16  # pixels per cell = the vision tower's patch size
@@ -230,11 +229,7 @@ def write_dataset(out: Path, count: int, seed: int, force: bool = False) -> Path
     replaces an existing folder."""
     if count < 1:
         raise UserError("--count must be at least 1")
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; choose a new --out folder or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with folder_atomically(out, force, "the data set") as staging:
         (staging / "images").mkdir()
         rows = []
         for index, (scene, question) in enumerate(samples(seed, count)):
@@ -242,12 +237,6 @@ def write_dataset(out: Path, count: int, seed: int, force: bool = False) -> Path
             render(scene).save(staging / name)
             rows.append({"image": name, "question": question.text, "answer": question.answer, "type": question.type})
         (staging / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

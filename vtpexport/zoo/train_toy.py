@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from torch import Tensor, nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
+from ..files import folder_atomically
 from ..graph.decoder import rope_cos_sin
 from ..graph.llava import LlavaGraph
 from ..models.builtin import SPECIALS, init_weights, processor_for, save_model, wrap_tokenizer
@@ -470,9 +469,7 @@ def main(out: Path, resume_from: Path | None, **options) -> None:
     train_seconds = time.time() - started
     if resume_from is not None:  # count the time that produced the resumed state too
         train_seconds += json.loads((resume_from / "training_report.json").read_text())["train_seconds"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with folder_atomically(out, True, "the model") as staging:
         save_model(graph, kit.config, kit.tokenizer, staging)
         report = {
             "settings": asdict(settings),
@@ -482,12 +479,6 @@ def main(out: Path, resume_from: Path | None, **options) -> None:
             "blind_accuracy": train_blind(settings),
         }
         (staging / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print(json.dumps(report, indent=2))
 
 
