@@ -21,6 +21,7 @@ from vtpexport.zoo.train_toy import (
     pack,
     packed_logits,
     questions_about,
+    thinned_background,
     train,
 )
 
@@ -125,6 +126,49 @@ def test_packed_training_prompts_equal_the_runtime_prompt_alone(tmp_path):
         torch.testing.assert_close(logits[at], alone, atol=1e-4, rtol=0)
 
 
+def test_thinning_hides_background_and_whole_images_only():
+    scenes = [scene for scene, _ in toy_data.samples(6, 64)]
+    settings = replace(TINY, text_layers=4, background_drop=0.8, background_drop_max=0.9, image_cutoff=0.5)
+    hidden_from = thinned_background(random.Random(0), scenes, settings, num_layers=4)
+    thinned = cut = 0
+    for scene, row in zip(scenes, hidden_from.tolist(), strict=True):
+        objects = [obj.row * toy_data.GRID + obj.column for obj in scene]
+        cutoff = min(row[cell] for cell in objects)  # objects only vanish with the whole image
+        assert all(row[cell] == cutoff for cell in objects)
+        assert all(layer <= cutoff for layer in row)
+        assert cutoff == 4 or cutoff >= settings.image_cutoff_from
+        cut += cutoff < 4
+        hidden = sum(layer < cutoff for layer in row)
+        assert hidden <= round(0.9 * (len(row) - len(objects)))
+        thinned += hidden > 0
+    assert 0 < cut < len(scenes) and 0 < thinned < len(scenes)
+
+
+def test_hiding_a_token_from_a_layer_on_is_the_runtime_fitprune_drop_before_it(tmp_path):
+    """Training's hidden tokens are what FitPrune's drop at the layer before leaves: the same logits."""
+    from vtpexport.models.builtin import save_model
+    from vtpexport.recipe import ScheduleSpec
+
+    graph, kit = build_model(TINY)
+    save_model(graph, kit.config, kit.tokenizer, tmp_path / "model")
+    loaded = load_model(str(tmp_path / "model"))
+    scene, question = toy_data.samples(4, 1)[0]
+    n = graph.args.vision.num_patches
+    dropped = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:50]
+    hidden_from = torch.full((1, n), TINY.text_layers)
+    hidden_from[0, dropped] = 1
+    batch = pack(kit, [scene], [[question]], n, hidden_from)
+    with torch.no_grad():
+        logits = packed_logits(graph.eval(), batch, image_embeddings(graph, kit, [scene]))[0]
+    at = int((batch.targets[0] != -100).long().argmax())
+    kept = torch.tensor([i for i in range(n) if i not in set(dropped.tolist())])[None]
+    schedule = ScheduleSpec("fitprune", drop=(50, 0), visual_tokens=n)
+    prompt = prepare(loaded, [toy_data.render(scene)], [question.text], max_new_tokens=2)
+    with torch.no_grad():
+        pruned = loaded.graph.prefill(*prompt.prompt_tensors(), schedule, {0: kept}).logits[0]
+    torch.testing.assert_close(logits[at], pruned, atol=1e-4, rtol=0)
+
+
 def test_training_twice_from_one_seed_gives_the_same_weights():
     first, _ = train(TINY, log=lambda _: None)
     second, _ = train(TINY, log=lambda _: None)
@@ -148,12 +192,13 @@ def test_toy_is_a_shipped_builtin_in_the_hugging_face_layout(toy):
 
 
 def test_toy_answers_held_out_questions(toy):
-    held_out = toy_data.samples(EVAL_SEED, 24)
+    """The issue's bar, 85% held-out accuracy, on the first 100 held-out questions."""
+    held_out = toy_data.samples(EVAL_SEED, 100)
     images = [toy_data.render(scene) for scene, _ in held_out]
     batch = prepare(toy, images, [q.text for _, q in held_out], max_new_tokens=3)
     answers = [toy.tokenizer.decode(t, skip_special_tokens=True).strip() for t in greedy_generate(toy, batch, 3)]
     right = sum(a == q.answer for a, (_, q) in zip(answers, held_out, strict=True))
-    assert right >= 20, list(zip(answers, [q.answer for _, q in held_out], strict=True))
+    assert right >= 85, list(zip(answers, [q.answer for _, q in held_out], strict=True))
 
 
 def test_toy_logits_match_transformers(toy):
