@@ -130,36 +130,72 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, floa
     return front
 
 
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...], slack: float = 0.5) -> bool:
+    return a[0] < b[2] - slack and b[0] < a[2] - slack and a[1] < b[3] - slack and b[1] < a[3] - slack
+
+
+def _label_offsets(axes, names: list[str], xy: list[tuple[float, float]], leftward: list[bool]) -> list[float]:
+    """Vertical label offsets (points): each label sits beside its point unless that spot is
+    taken by another label or by the spot beside another point; it then moves down or up
+    until free (and gets a leader line). Recipes of equal cost and accuracy share a point."""
+    to_points = 72 / axes.figure.dpi
+    line, gap = 9.0, 6.0
+
+    def box(index: int, dy: float) -> tuple[float, float, float, float]:
+        px, py = (value * to_points for value in axes.transData.transform(xy[index]))
+        width = gap + 4.0 * len(names[index])  # about a 7 pt character
+        left, right = (px - width, px) if leftward[index] else (px, px + width)
+        return (left, py + dy - line / 2, right, py + dy + line / 2)
+
+    beside = [box(i, 0.0) for i in range(len(names))]
+    placed: list[tuple[float, ...]] = []
+    offsets = [0.0] * len(names)
+    for index in sorted(range(len(names)), key=lambda i: -xy[i][1]):  # top down: labels keep the points' order
+        for step in range(60):
+            dy = line * ((step + 1) // 2) * (-1 if step % 2 else 1)  # 0, down, up, 2 down, ...
+            candidate = box(index, dy)
+            others = [b for i, b in enumerate(beside) if i != index]
+            if not any(_overlaps(candidate, b) for b in placed + others):
+                break
+        placed.append(candidate)
+        offsets[index] = dy
+    return offsets
+
+
 def plot_pareto(points: list[tuple[str, float, float]], path: str | Path, title: str, metric: str) -> None:
     """Write a PNG of `metric` against the paper-convention FLOPs ratio, one labelled point per
     (name, flops_ratio, value); the first point is the unpruned reference; the front is joined."""
     figure = _new_figure(8, 5.5)
     axes = figure.add_subplot()
-    for index, (name, flops, value) in enumerate(points):
+    axes.set_xlim(0, 105)
+    axes.set_ylim(0, 105)
+    axes.set_xlabel("visual-token LLM FLOPs, % of unpruned (paper convention)")
+    axes.set_ylabel(f"{metric}, %")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()  # before the labels are placed: it moves the axes
+    names = [name for name, _, _ in points]
+    xy = [(100 * flops, 100 * value) for _, flops, value in points]
+    leftward = [x > 75 for x, _ in xy]  # near the right edge, labels go left to stay inside the axes
+    offsets = _label_offsets(axes, names, xy, leftward)
+    for index, (name, (x, y), left, dy) in enumerate(zip(names, xy, leftward, offsets, strict=True)):
         reference = index == 0
-        x, y = 100 * flops, 100 * value
         axes.scatter(
             x, y, s=90 if reference else 40, marker="*" if reference else "o", color="black" if reference else "#08519c"
         )
-        right_edge = x > 75  # label to the left there, so it stays inside the axes
         axes.annotate(
             name,
             (x, y),
             textcoords="offset points",
-            xytext=(-6 if right_edge else 6, 4 + 9 * (index % 3)),  # staggered: close points stay readable
-            ha="right" if right_edge else "left",
+            xytext=(-6 if left else 6, dy),
+            ha="right" if left else "left",
+            va="center",
             fontsize=7,
+            arrowprops={"arrowstyle": "-", "color": "#636363", "linewidth": 0.6} if dy else None,
         )
     front = pareto_front(points)
     axes.plot([100 * p[1] for p in front], [100 * p[2] for p in front], color="#9ecae1", zorder=0, label="Pareto front")
-    axes.set_xlabel("visual-token LLM FLOPs, % of unpruned (paper convention)")
-    axes.set_ylabel(f"{metric}, %")
-    axes.set_xlim(0, 105)
-    axes.set_ylim(0, 105)
-    axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8)
-    axes.set_title(title, fontsize=10)
-    figure.tight_layout()
     _save_png(figure, path)
 
 

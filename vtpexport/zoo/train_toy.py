@@ -298,8 +298,9 @@ def packed_logits(graph: LlavaGraph, batch: PackedBatch, image_embeds: Tensor | 
     allowed = causal & same_question
     hidden_from = None
     if image_embeds is not None and batch.hidden_from is not None:
-        never = torch.full((rows, p), len(decoder.layers))
-        hidden_from = torch.cat([never, batch.hidden_from, never.new_full(batch.tail_ids.shape, len(decoder.layers))], 1)
+        layers = len(decoder.layers)
+        head, tail = torch.full((rows, p), layers), torch.full(batch.tail_ids.shape, layers)
+        hidden_from = torch.cat([head, batch.hidden_from, tail], dim=1)
     cos, sin = rope_cos_sin(positions, decoder.args.head_dim, decoder.args.rope_theta, x.dtype)
     for index, layer in enumerate(decoder.layers):
         seen = allowed if hidden_from is None else allowed & (hidden_from > index)[:, None, :]
@@ -519,7 +520,13 @@ def parse_extra_questions(_context, _parameter, values: tuple[str, ...]) -> tupl
     show_default=True,
     help="Share of stage-2 images whose background cells are thinned.",
 )
-@click.option("--background-drop-max", type=click.FloatRange(0, 1), default=TrainSettings.background_drop_max, show_default=True)
+@click.option(
+    "--background-drop-max",
+    type=click.FloatRange(0, 1),
+    default=TrainSettings.background_drop_max,
+    show_default=True,
+    help="Largest share of an image's background cells hidden.",
+)
 @click.option(
     "--image-cutoff",
     type=click.FloatRange(0, 1),
@@ -527,7 +534,13 @@ def parse_extra_questions(_context, _parameter, values: tuple[str, ...]) -> tupl
     show_default=True,
     help="Share of stage-2 images hidden from every layer after a random one.",
 )
-@click.option("--image-cutoff-from", type=int, default=TrainSettings.image_cutoff_from, show_default=True)
+@click.option(
+    "--image-cutoff-from",
+    type=click.IntRange(min=1),
+    default=TrainSettings.image_cutoff_from,
+    show_default=True,
+    help="Earliest decoder layer an image may be hidden from.",
+)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option(
     "--resume-from",
