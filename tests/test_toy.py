@@ -17,11 +17,11 @@ from vtpexport.zoo.train_toy import (
     EVAL_SEED,
     TrainSettings,
     build_model,
+    hidden_image_tokens,
     image_embeddings,
     pack,
     packed_logits,
     questions_about,
-    thinned_background,
     train,
 )
 
@@ -129,7 +129,7 @@ def test_packed_training_prompts_equal_the_runtime_prompt_alone(tmp_path):
 def test_thinning_hides_background_and_whole_images_only():
     scenes = [scene for scene, _ in toy_data.samples(6, 64)]
     settings = replace(TINY, text_layers=4, background_drop=0.8, background_drop_max=0.9, image_cutoff=0.5)
-    hidden_from = thinned_background(random.Random(0), scenes, settings, num_layers=4)
+    hidden_from = hidden_image_tokens(random.Random(0), scenes, settings, num_layers=4)
     thinned = cut = 0
     for scene, row in zip(scenes, hidden_from.tolist(), strict=True):
         objects = [obj.row * toy_data.GRID + obj.column for obj in scene]

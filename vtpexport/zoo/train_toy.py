@@ -258,13 +258,15 @@ def pack(
     return PackedBatch(prefix_ids, tail_ids, tail_positions, tail_block, targets, hidden_from, scenes, questions)
 
 
-def thinned_background(
+def hidden_image_tokens(
     rng: random.Random, scenes: list[list[ToyObject]], settings: TrainSettings, num_layers: int
 ) -> Tensor:
     """[B, GRID * GRID] first layer that no longer sees each cell's token (num_layers: never).
 
     A `background_drop` share of the images loses a random subset (share drawn up to
-    `background_drop_max`) of its background cells from a random layer on; objects stay."""
+    `background_drop_max`) of its background cells from a random layer on; then an
+    `image_cutoff` share loses every token from a random layer >= `image_cutoff_from` on.
+    Objects only ever vanish with the whole image."""
     hidden_from = torch.full((len(scenes), GRID * GRID), num_layers, dtype=torch.long)
     for row, scene in enumerate(scenes):
         if rng.random() >= settings.background_drop:
@@ -363,7 +365,7 @@ def question_batch(kit: Toolkit, settings: TrainSettings, stage: str, step: int,
     scenes = [toy_data.random_scene(rng) for _ in range(settings.images_per_batch)]
     per_type = settings.refine_questions_per_type if stage == "refine" else 1
     questions = [questions_about(rng, scene, per_type, settings.extra_questions) for scene in scenes]
-    hidden_from = thinned_background(rng, scenes, settings, settings.text_layers) if num_image else None
+    hidden_from = hidden_image_tokens(rng, scenes, settings, settings.text_layers) if num_image else None
     return pack(kit, scenes, questions, num_image, hidden_from)
 
 
