@@ -379,12 +379,15 @@ def summary_view(report: EvalReport):
     parts = [overall]
     types = sorted({kind for entry in report.entries for kind in entry.by_type})
     if types:
+        # One row per type and a column per model: there are usually fewer models than types,
+        # so the table fits a terminal and long model names fold in their header.
         per_type = Table(title=f"{report.metric} per question type", title_justify="left")
-        per_type.add_column("model", overflow="fold")
-        for kind in types:
-            per_type.add_column(kind, justify="right")
+        per_type.add_column("type", no_wrap=True)
         for entry in report.entries:
-            cells = [rate(getattr(entry.by_type[k], report.metric)) if k in entry.by_type else "-" for k in types]
-            per_type.add_row(entry.name, *cells)
+            per_type.add_column(entry.name, justify="right", overflow="fold", min_width=6)
+        for kind in types:
+            scores = [entry.by_type.get(kind) for entry in report.entries]
+            cells = ["-" if score is None else rate(getattr(score, report.metric)) for score in scores]
+            per_type.add_row(kind, *cells)
         parts.append(per_type)
     return Group(*parts)
