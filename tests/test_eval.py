@@ -47,6 +47,26 @@ def test_first_token_kl():
     assert first_token_kl(logits, other) == pytest.approx(float((p * (p / q).log()).sum()))
 
 
+def test_pareto_labels_do_not_overlap_even_for_recipes_on_one_point():
+    from vtpexport.viz import _label_offsets, _new_figure, _overlaps
+
+    axes = _new_figure(8, 5.5).add_subplot()
+    axes.set_xlim(0, 105)
+    axes.set_ylim(0, 105)
+    names = ["unpruned", "fastv-s50", "pyramiddrop-s50", "fopru-rank-s50", "fitprune-s50", "prumerge-s11"]
+    xy = [(100, 89), (45, 84), (45, 84), (45, 84), (45, 87), (9, 65)]
+    leftward = [x > 75 for x, _ in xy]
+    offsets = _label_offsets(axes, names, xy, leftward)
+    to_points = 72 / axes.figure.dpi
+    boxes = []
+    for name, (x, y), left, dy in zip(names, xy, leftward, offsets, strict=True):
+        px, py = (v * to_points for v in axes.transData.transform((x, y)))
+        width = 6 + 4.0 * len(name)
+        boxes.append((px - width if left else px, py + dy - 4.5, px if left else px + width, py + dy + 4.5))
+    assert not any(_overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert offsets[0] == 0 and offsets[-1] == 0  # lone points keep their label beside them
+
+
 def test_eval_export_and_recipes(tmp_path, data, exports):
     unpruned_export = exports("tiny-llava-1.5")
     fastv = write_recipe(tmp_path, "tiny-llava-1.5", "fastv", schedule=ScheduleSpec("fastv", layer=2, ratio=0.5))
