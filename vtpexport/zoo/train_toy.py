@@ -497,10 +497,19 @@ def parse_extra_questions(_context, _parameter, values: tuple[str, ...]) -> tupl
     return tuple(extra)
 
 
+def setting_option(flag: str, kind, help: str | None = None):
+    """A command-line option for the TrainSettings field the flag names, with that default."""
+    default = getattr(TrainSettings, flag.removeprefix("--").replace("-", "_"))
+    return click.option(flag, type=kind, default=default, show_default=True, help=help)
+
+
+SHARE = click.FloatRange(0, 1)
+
+
 @click.command()
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model folder to write (replaced).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--text-width", type=int, default=TrainSettings.text_width, show_default=True)
+@setting_option("--seed", int)
+@setting_option("--text-width", int)
 @click.option(
     "--extra-questions",
     multiple=True,
@@ -509,41 +518,17 @@ def parse_extra_questions(_context, _parameter, values: tuple[str, ...]) -> tupl
     callback=parse_extra_questions,
     help="TYPE=N: N more questions of TYPE per training image (repeatable).",
 )
-@click.option("--text-steps", type=int, default=TrainSettings.text_steps, show_default=True)
-@click.option("--vision-steps", type=int, default=TrainSettings.vision_steps, show_default=True)
-@click.option("--blind-steps", type=int, default=TrainSettings.blind_steps, show_default=True)
-@click.option("--text-lr", type=float, default=TrainSettings.text_lr, show_default=True)
-@click.option("--refine-steps", type=int, default=TrainSettings.refine_steps, show_default=True)
-@click.option("--refine-lr", type=float, default=TrainSettings.refine_lr, show_default=True)
-@click.option(
-    "--background-drop",
-    type=click.FloatRange(0, 1),
-    default=TrainSettings.background_drop,
-    show_default=True,
-    help="Share of stage-2 images whose background cells are thinned.",
-)
-@click.option(
-    "--background-drop-max",
-    type=click.FloatRange(0, 1),
-    default=TrainSettings.background_drop_max,
-    show_default=True,
-    help="Largest share of an image's background cells hidden.",
-)
-@click.option(
-    "--image-cutoff",
-    type=click.FloatRange(0, 1),
-    default=TrainSettings.image_cutoff,
-    show_default=True,
-    help="Share of stage-2 images hidden from every layer after a random one.",
-)
-@click.option(
-    "--image-cutoff-from",
-    type=click.IntRange(min=1),
-    default=TrainSettings.image_cutoff_from,
-    show_default=True,
-    help="Earliest decoder layer an image may be hidden from.",
-)
-@click.option("--threads", type=int, default=2, show_default=True)
+@setting_option("--text-steps", int)
+@setting_option("--vision-steps", int)
+@setting_option("--blind-steps", int)
+@setting_option("--text-lr", float)
+@setting_option("--refine-steps", int)
+@setting_option("--refine-lr", float)
+@setting_option("--background-drop", SHARE, "Share of stage-2 images whose background cells are thinned.")
+@setting_option("--background-drop-max", SHARE, "Largest share of an image's background cells hidden.")
+@setting_option("--image-cutoff", SHARE, "Share of stage-2 images hidden from every layer after a random one.")
+@setting_option("--image-cutoff-from", click.IntRange(min=1), "Earliest decoder layer an image may be hidden from.")
+@setting_option("--threads", int)
 @click.option(
     "--resume-from",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
