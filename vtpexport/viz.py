@@ -151,11 +151,11 @@ def _label_offsets(axes, names: list[str], xy: list[tuple[float, float]], leftwa
     placed: list[tuple[float, ...]] = []
     offsets = [0.0] * len(names)
     for index in sorted(range(len(names)), key=lambda i: -xy[i][1]):  # top down: labels keep the points' order
+        taken = placed + [b for i, b in enumerate(beside) if i != index]
         for step in range(60):
             dy = line * ((step + 1) // 2) * (-1 if step % 2 else 1)  # 0, down, up, 2 down, ...
             candidate = box(index, dy)
-            others = [b for i, b in enumerate(beside) if i != index]
-            if not any(_overlaps(candidate, b) for b in placed + others):
+            if not any(_overlaps(candidate, b) for b in taken):
                 break
         placed.append(candidate)
         offsets[index] = dy
