@@ -17,13 +17,10 @@ from vtpexport.calibrate import (
     CalibrationRequest,
     FitPruneCalibrator,
     calibrate,
-    default_stage_layers,
     lowest_removable,
     parse_budget,
     prepare_prompts,
     reference_image,
-    solve_fastv,
-    solve_pyramiddrop,
     total_mass,
     visual_masses,
 )
@@ -32,6 +29,8 @@ from vtpexport.dataset import load_samples, read_dataset, select_records
 from vtpexport.flops import paper_flops
 from vtpexport.graph.decoder import Sequence
 from vtpexport.models.loader import architecture
+from vtpexport.pruning.fastv import solve_fastv
+from vtpexport.pruning.pyramiddrop import default_stage_layers, solve_pyramiddrop
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
 from vtpexport.runtime.eager import greedy_generate, prepare
 

@@ -9,8 +9,8 @@ model's reference image size. Every check against it is exact integer arithmetic
   simulated forward in which each sample drops its own intersection of the lowest-mass tokens;
   a bisection on the 0.01 grid of alpha; the recipe of the smallest alpha whose recipe meets the
   budget by `paper_flops` (the reference code can return one that does not).
-- PyramidDrop and FastV: their free parameter (lambda, R) solved for the budget on a 0.001
-  grid, without data.
+- Methods declared "analytic" (PyramidDrop, FastV): their free parameter (lambda, R) solved for
+  the budget on a 0.001 grid, without data, by the method's own `solve` (pruning/<method>.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -33,16 +33,15 @@ from .dataset import Samples, load_samples, read_dataset, select_records
 from .errors import UserError
 from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
 from .graph.args import LlavaArgs
-from .graph.decoder import Decoder, DecoderLayer, Sequence
+from .graph.decoder import Decoder, LayerAttention, Sequence
 from .models.anyres import num_image_tokens, num_tiles
-from .pruning.ops import gather_tokens
+from .pruning.prefill import PrefillHook
+from .pruning.registry import schedule_method
 from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, check_selector
 
-METHODS = ("fitprune", "pyramiddrop", "fastv")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "calibration_data" / "calibration.jsonl"
 ALPHA_STEPS = 100  # alpha is searched on the grid k / 100
 STOP_RULES = ("recipe", "samples")
-PARAMETER_STEPS = 1000  # lambda and R are solved on the grid k / 1000 (recipe ratios have denominators <= 1000)
 
 
 # --- the budget ------------------------------------------------------------------------------
@@ -116,55 +115,6 @@ def _ratio_up(report: FlopsReport, digits: int = 4) -> str:
     return f"{math.ceil(Fraction(report.total * scale, report.unpruned)) / scale:.{digits}f}"
 
 
-# --- PyramidDrop and FastV: solved without data ----------------------------------------------
-
-
-def default_stage_layers(num_layers: int) -> tuple[int, ...]:
-    """PyramidDrop's [8, 16, 24] of 32 layers, scaled: L/4, L/2, 3L/4 rounded half up."""
-    layers = sorted({(num_layers * k + 2) // 4 for k in (1, 2, 3)} & set(range(1, num_layers)))
-    if not layers:
-        raise UserError(f"pyramiddrop needs 2 or more LLM layers to place a stage boundary, the model has {num_layers}")
-    return tuple(layers)
-
-
-def solve_pyramiddrop(budget: Budget, layers: tuple[int, ...]) -> ScheduleSpec:
-    """The largest lambda on the 0.001 grid of (0, 1] whose schedule meets the budget."""
-
-    def schedule(k: int) -> ScheduleSpec:
-        return ScheduleSpec("pyramiddrop", layers=layers, ratio=k / PARAMETER_STEPS)
-
-    schedule(1).validate(budget.args.text.num_layers)
-    if not budget.meets(schedule(1)):
-        raise budget.unreachable("pyramiddrop", schedule(1), f"lambda = 0.001 with stages at layers {list(layers)}")
-    # FLOPs never decrease as lambda grows: bisect for the last k that meets.
-    lo, hi = 1, PARAMETER_STEPS + 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if budget.meets(schedule(mid)) else (lo, mid)
-    return schedule(lo)
-
-
-def solve_fastv(budget: Budget, layer: int) -> ScheduleSpec:
-    """The smallest R on the 0.001 grid of [0, 1] (the most tokens kept) that meets the budget."""
-
-    def schedule(k: int) -> ScheduleSpec:
-        return ScheduleSpec("fastv", layer=layer, ratio=k / PARAMETER_STEPS)
-
-    schedule(0).validate(budget.args.text.num_layers)
-    if not budget.meets(schedule(PARAMETER_STEPS)):
-        how = f"R = 1 still runs layers 0..{layer - 1} on every visual token"
-        raise budget.unreachable("fastv", schedule(PARAMETER_STEPS), how)
-    # FLOPs never increase as R grows: bisect for the first k that meets.
-    lo, hi = -1, PARAMETER_STEPS
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if budget.meets(schedule(mid)) else (mid, hi)
-    return schedule(hi)
-
-
-# --- calibration data ------------------------------------------------------------------------
-
-
 # --- FitPrune ----------------------------------------------------------------------------------
 
 
@@ -187,13 +137,6 @@ class Fit:
     schedule: ScheduleSpec
     report: FlopsReport
     meets: bool
-
-
-def attention(decoder: Decoder, layer: DecoderLayer, seq: Sequence) -> tuple[Tensor, Tensor]:
-    """A layer's attention output before o_proj [B, S, H*Dh] and its fp32 probabilities."""
-    cos, sin, bias = decoder._rope_and_bias(seq.positions, seq.key_mask, seq.positions, seq.x.dtype)
-    q, k, v = layer.self_attn.project(layer.input_layernorm(seq.x), cos, sin)
-    return layer.self_attn.attend(q, k, v, bias, return_probs=True)
 
 
 def visual_masses(probs: Tensor, seq: Sequence) -> tuple[Tensor, Tensor]:
@@ -231,6 +174,44 @@ def lowest_removable(values: Tensor, keep: float) -> Tensor:
     return mask
 
 
+class _ReferenceMasses(PrefillHook):
+    """Records W_c and W_s of every layer of one sample into `out` [layers, 2]; drops nothing."""
+
+    def __init__(self, out: Tensor):
+        super().__init__()
+        self.out = out
+
+    def needs_probs(self, index: int) -> bool:
+        return True
+
+    def after_attention(self, decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention):
+        cross, self_ = visual_masses(attention.probs, seq)
+        self.out[index, 0], self.out[index, 1] = total_mass(cross), total_mass(self_)
+        return seq, None
+
+
+class _LowestMassDrop(PrefillHook):
+    """fit(alpha) at one layer of one sample: drops the intersection of the lowest-c and lowest-s
+    tokens whose removal keeps `keep` (the (1 - alpha) share of W_c and W_s); counts[layer] records it."""
+
+    def __init__(self, keep: list[float], counts: list[int]):
+        super().__init__()
+        self.keep_cross, self.keep_self = keep
+        self.counts = counts
+
+    def needs_probs(self, index: int) -> bool:
+        return True
+
+    def after_attention(self, decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention):
+        cross, self_ = visual_masses(attention.probs, seq)
+        dropped = lowest_removable(cross, self.keep_cross) & lowest_removable(self_, self.keep_self)
+        self.counts[index] = int(dropped.sum())
+        if not self.counts[index]:
+            return seq, None
+        # As in inference: the cache kept every token; o_proj and the MLP run on the rest.
+        return seq.keep_image((~dropped).nonzero().flatten()[None], renumber=False)
+
+
 class FitPruneCalibrator:
     """The FitPrune search over prepared samples (held at the LLM's input, batch 1 each).
 
@@ -260,12 +241,7 @@ class FitPruneCalibrator:
         """W_c and W_s per layer and sample, from the unpruned model."""
         reference = torch.zeros(self.num_layers, len(self.prompts), 2, dtype=torch.float64)
         for i, prompt in progress(enumerate(self.prompts)):
-            seq = prompt.sequence
-            for index, layer in enumerate(self.decoder.layers):
-                attn, probs = attention(self.decoder, layer, seq)
-                cross, self_ = visual_masses(probs, seq)
-                reference[index, i, 0], reference[index, i, 1] = total_mass(cross), total_mass(self_)
-                seq = replace(seq, x=layer.finish(seq.x, attn))
+            self.decoder.run_layers(prompt.sequence, _ReferenceMasses(reference[:, i]))
         self.reference = reference
         return reference
 
@@ -279,22 +255,14 @@ class FitPruneCalibrator:
         states = [p.sequence for p in self.prompts]
         counts = [[0] * self.num_layers for _ in self.prompts]
         stop = self.num_layers
-        for index, layer in enumerate(self.decoder.layers):
+        # Layer-major: whether pruning stops before a layer depends on every sample's counts so far.
+        for index in range(self.num_layers):
             if self._reached(index, counts):
                 stop = index
                 break
             for i, seq in enumerate(states):
-                attn, probs = attention(self.decoder, layer, seq)
-                cross, self_ = visual_masses(probs, seq)
-                del probs
-                w_cross, w_self = self.reference[index, i].tolist()
-                dropped = lowest_removable(cross, keep * w_cross) & lowest_removable(self_, keep * w_self)
-                counts[i][index] = int(dropped.sum())
-                if counts[i][index]:
-                    # As in inference: the cache kept every token; o_proj and the MLP run on the rest.
-                    seq, rows = seq.keep_image((~dropped).nonzero().flatten()[None], renumber=False)
-                    attn = gather_tokens(attn, rows)
-                states[i] = replace(seq, x=layer.finish(seq.x, attn))
+                hook = _LowestMassDrop([keep * w for w in self.reference[index, i].tolist()], counts[i])
+                states[i], _, _ = self.decoder.prefill_layer(index, seq, hook)
         schedule = self._schedule(counts)
         report = self.budget.report(schedule)
         return Fit(
@@ -461,8 +429,7 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
 
     start = time.monotonic()
     fraction = parse_budget(request.flops_budget)
-    if request.method not in METHODS:
-        raise UserError(f"unknown method {request.method!r} (known: {', '.join(METHODS)})")
+    method = schedule_method(request.method)
     source = resolve_model(request.model, request.weights)
     args = source.args
     if request.selector is not None:
@@ -484,13 +451,14 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
         "image_tokens": n_image,
     }
     notes, run, text = [], None, ILLUSTRATIVE_TEXT
-    if request.method == "fitprune":
+    if method.calibration == "data":
         schedule, run, extra = _calibrate_fitprune(request, budget, progress)
         text = run.text_tokens
     else:
         if request.data is not None:
             notes.append(f"--data ignored: {request.method} is solved analytically for the budget, without data")
-        schedule, extra = _solve(request, budget)
+        schedule, solved = method.solve(budget, {"layer": request.fastv_layer, "layers": request.stage_layers})
+        extra = {"solved": solved}
     report = budget.report(schedule)
     provenance.update(extra)
     provenance["flops_ratio"] = round(report.ratio, 6)
@@ -510,15 +478,6 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
         run,
         notes,
     )
-
-
-def _solve(request: CalibrationRequest, budget: Budget) -> tuple[ScheduleSpec, dict]:
-    if request.method == "pyramiddrop":
-        layers = request.stage_layers or default_stage_layers(budget.args.text.num_layers)
-        schedule = solve_pyramiddrop(budget, tuple(layers))
-        return schedule, {"solved": f"lambda = {schedule.ratio:g}, the largest on the 0.001 grid meeting the budget"}
-    schedule = solve_fastv(budget, request.fastv_layer)
-    return schedule, {"solved": f"R = {schedule.ratio:g}, the smallest on the 0.001 grid meeting the budget"}
 
 
 def _calibrate_fitprune(

@@ -14,6 +14,21 @@ TEXT_ENCODER_HELP = (
 )
 
 
+class _RegisteredMethods(click.Choice):
+    """The pruning methods of a kind in the registry, looked up on first use (the registry's
+    method modules import torch)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from .pruning.registry import names
+
+        return names(self.kind)
+
+
 class _Cli(click.Group):
     """Prints a UserError as one line and exits with status 2, never a traceback."""
 
@@ -373,11 +388,11 @@ def inspect(
     help="Fraction in (0, 1] of the unpruned visual-token LLM FLOPs (paper convention) the pruned model may spend.",
 )
 @click.option(
-    "--method", type=click.Choice(["fitprune", "pyramiddrop", "fastv"]), default="fitprune", show_default=True
+    "--method", type=_RegisteredMethods("schedule"), default="fitprune", show_default=True
 )
 @click.option(
     "--selector",
-    type=click.Choice(["fopru-rank", "fopru-row", "prumerge"]),
+    type=_RegisteredMethods("selector"),
     default=None,
     help="A pre-LLM selector composed with the schedule; the budget covers both.",
 )

@@ -1,23 +1,23 @@
-"""A Llama / Mistral-style decoder: RMSNorm, RoPE at arbitrary positions, GQA, SwiGLU,
-with the in-LLM pruning schedules (FitPrune, PyramidDrop, FastV) in its prefill.
+"""A Llama / Mistral-style decoder: RMSNorm, RoPE at arbitrary positions, GQA, SwiGLU.
 
-KV caches are plain tensors. With pruning each layer keeps its own cache length, so every
-layer's cache carries its own key mask and RoPE positions.
+The prefill runs each layer through a `PrefillHook` (pruning/prefill.py): a schedule's hook
+scores and drops image tokens at the points its method declares; calibration and training
+use the same hook points. KV caches are plain tensors. With pruning each layer keeps its
+own cache length, so every layer's cache carries its own key mask and RoPE positions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..pruning.fastv import fastv_scores
-from ..pruning.fitprune import fitprune_scores, materialised_attention
-from ..pruning.ops import gather_tokens, topk_ascending
-from ..pruning.pyramiddrop import pyramiddrop_scores
-from ..recipe import ScheduleSpec
+from ..pruning.fitprune import materialised_attention
+from ..pruning.ops import gather_tokens
+from ..pruning.prefill import PrefillHook
+from ..pruning.registry import ScheduleSpec
 from .args import TextArgs
 from .vision import activation
 
@@ -90,11 +90,22 @@ class Attention(nn.Module):
         b, s, _ = x.shape  # [B, S, H * Dh] -> [B, H, S, Dh]
         return x.view(b, s, num_heads, self.head_dim).transpose(1, 2)
 
+    def query(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """q [B, H, S, Dh] of the rows x [B, S, D], RoPE applied (cos/sin of those rows)."""
+        return apply_rope(self.heads(self.q_proj(x), self.num_heads), cos, sin)
+
+    def key(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """k [B, H_kv, S, Dh] of the rows x [B, S, D], RoPE applied."""
+        return apply_rope(self.heads(self.k_proj(x), self.num_kv_heads), cos, sin)
+
     def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q [B, H, S, Dh], k and v [B, H_kv, S, Dh], RoPE applied."""
-        q = apply_rope(self.heads(self.q_proj(x), self.num_heads), cos, sin)
-        k = apply_rope(self.heads(self.k_proj(x), self.num_kv_heads), cos, sin)
-        return q, k, self.heads(self.v_proj(x), self.num_kv_heads)
+        return self.query(x, cos, sin), self.key(x, cos, sin), self.heads(self.v_proj(x), self.num_kv_heads)
+
+    def logits(self, q: Tensor, k: Tensor, bias: Tensor) -> Tensor:
+        """fp32 attention logits [B, H, Sq, Sk] of queries q [B, H, Sq, Dh] over keys k [B, H_kv, Sk, Dh]."""
+        k = repeat_kv(k, self.num_heads // self.num_kv_heads)
+        return (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5 + bias.float()
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, return_probs: bool = False):
         """Attention output before o_proj [B, S, H * Dh], and the fp32 probabilities if asked."""
@@ -174,6 +185,18 @@ class Sequence:
 
 
 @dataclass
+class LayerAttention:
+    """One prefill layer's attention, as the hook's `after_attention` / `after_layer` see it."""
+
+    q: Tensor  # [B, H, S, Dh], RoPE applied
+    k: Tensor  # [B, H_kv, S, Dh], RoPE applied
+    v: Tensor  # [B, H_kv, S, Dh]
+    bias: Tensor  # [B, 1, S, S]
+    output: Tensor  # [B, S, H * Dh] before o_proj
+    probs: Tensor | None  # [B, H, S, S] fp32, when the hook's `needs_probs` asked for them
+
+
+@dataclass
 class PrefillResult:
     hidden: Tensor  # [B, D] final-normed hidden state of the last position
     caches: list[LayerCache]
@@ -244,70 +267,65 @@ class Decoder(nn.Module):
         hidden, caches = self.decode(self.embed_tokens(token_ids), caches)
         return PrefillOutput(self.lm_head(hidden), caches, [], {})
 
-    def _rope_and_bias(self, positions: Tensor, key_mask: Tensor, key_positions: Tensor, dtype: torch.dtype):
+    def rope_and_bias(self, positions: Tensor, key_mask: Tensor, key_positions: Tensor, dtype: torch.dtype):
+        """cos/sin [B, Sq, Dh] of the query positions and the additive bias [B, 1, Sq, Sk]."""
         a = self.args
         cos, sin = rope_cos_sin(positions, a.head_dim, a.rope_theta, dtype)
         return cos, sin, attention_bias(key_mask, positions, key_positions, a.sliding_window, dtype)
 
+    def sequence_rope_and_bias(self, seq: Sequence):
+        """`rope_and_bias` of a prefill sequence attending to itself."""
+        return self.rope_and_bias(seq.positions, seq.key_mask, seq.positions, seq.x.dtype)
+
     def prefill(
-        self, seq: Sequence, schedule: ScheduleSpec | None = None, replay: dict[int, Tensor] | None = None
+        self,
+        seq: Sequence,
+        schedule: ScheduleSpec | None = None,
+        replay: dict[int, Tensor] | None = None,
+        hook: PrefillHook | None = None,
     ) -> PrefillResult:
         """Run every layer over the prompt, pruning image tokens as `schedule` says.
 
         replay: the `kept_ids` of an earlier prefill; the same image tokens are kept at the same
         layers instead of being scored again (to check decoding against full re-runs).
+        hook: run these per-layer callbacks instead of the schedule's (calibration, training).
         """
-        method = schedule.method if schedule else None
-        renumber = schedule is not None and schedule.position_policy == "renumbered"
-        n0 = seq.image_len
-        caches, image_ids, kept_ids = [], [], {}
+        if hook is None:
+            hook = schedule.declaration.prefill_hook(schedule, seq.image_len, replay) if schedule else PrefillHook()
+        caches, image_ids = [], []
+        for index in range(len(self.layers)):
+            seq, cache, attended = self.prefill_layer(index, seq, hook)
+            caches.append(cache)
+            image_ids.append(attended)
+        return PrefillResult(self.norm(seq.x[:, -1]), caches, image_ids, dict(hook.kept_ids))
 
-        scoring = replay is None
+    def run_layers(self, seq: Sequence, hook: PrefillHook) -> Sequence:
+        """Every layer over `seq` with the hook's callbacks; the sequence leaving the last layer
+        (every position, before the final norm) and no caches (calibration statistics, training)."""
+        for index in range(len(self.layers)):
+            seq, _, _ = self.prefill_layer(index, seq, hook)
+        return seq
 
-        def drop(seq: Sequence, index: int, keep: int, scores: Tensor | None) -> tuple[Sequence, Tensor]:
-            if scoring:
-                kept = topk_ascending(scores, keep)
-            else:
-                kept = torch.searchsorted(seq.image_ids.contiguous(), replay[index])
-            seq, rows = seq.keep_image(kept, renumber)
-            kept_ids[index] = seq.image_ids
-            return seq, rows
+    def prefill_layer(self, index: int, seq: Sequence, hook: PrefillHook) -> tuple[Sequence, LayerCache, Tensor]:
+        """Layer `index` of the prefill with the hook's callbacks; `seq` is not modified.
 
-        for index, layer in enumerate(self.layers):
-            if method == "pyramiddrop" and index in schedule.layers:
-                keep = schedule.stage_keep(schedule.layers.index(index) + 1, n0)
-                seq, _ = drop(seq, index, keep, self._pyramiddrop_scores(layer, seq) if scoring else None)
-            cos, sin, bias = self._rope_and_bias(seq.positions, seq.key_mask, seq.positions, seq.x.dtype)
-            q, k, v = layer.self_attn.project(layer.input_layernorm(seq.x), cos, sin)
-            drops_here = method == "fitprune" and schedule.drop[index] > 0
-            attn, probs = layer.self_attn.attend(q, k, v, bias, return_probs=drops_here and scoring)
-            caches.append(LayerCache(k, v, seq.key_mask, seq.positions))
-            image_ids.append(seq.image_ids)
-            if drops_here:
-                # FitPrune drops after attention, before o_proj: the cache above kept every token.
-                scores = fitprune_scores(probs, seq.image_start, seq.image_len, seq.key_mask) if scoring else None
-                seq, rows = drop(seq, index, schedule.fitprune_kept(index, n0), scores)
-                attn = gather_tokens(attn, rows)
-            seq.x = layer.finish(seq.x, attn)
-            if method == "fastv" and index == schedule.layer - 1:
-                # FastV reads this layer's last-row attention (q, k, bias of the layer just run).
-                scores = self._fastv_scores(layer, q, k, bias, seq) if scoring else None
-                seq, _ = drop(seq, index, schedule.fastv_keep(n0), scores)
-        return PrefillResult(self.norm(seq.x[:, -1]), caches, image_ids, kept_ids)
-
-    def _fastv_scores(self, layer: DecoderLayer, q: Tensor, k: Tensor, bias: Tensor, seq: Sequence) -> Tensor:
-        k = repeat_kv(k, layer.self_attn.num_heads // layer.self_attn.num_kv_heads)
-        logits = (q[:, :, -1:] @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5 + bias[:, :, -1:].float()
-        return fastv_scores(torch.softmax(logits, dim=-1)[:, :, 0], seq.image_start, seq.image_len, seq.key_mask)
-
-    def _pyramiddrop_scores(self, layer: DecoderLayer, seq: Sequence) -> Tensor:
-        h = layer.input_layernorm(seq.x)
-        attn = layer.self_attn
-        cos, sin, bias = self._rope_and_bias(seq.positions, seq.key_mask, seq.positions, seq.x.dtype)
-        q_last = apply_rope(attn.heads(attn.q_proj(h[:, -1:]), attn.num_heads), cos[:, -1:], sin[:, -1:])
-        k = apply_rope(attn.heads(attn.k_proj(h), attn.num_kv_heads), cos, sin)
-        k = repeat_kv(k, attn.num_heads // attn.num_kv_heads)
-        return pyramiddrop_scores(q_last, k, bias[:, :, -1:], seq.image_start, seq.image_len, seq.key_mask)
+        Returns the sequence leaving the layer, the layer's cache (every token that entered its
+        attention) and the original indices of the image tokens that attention saw.
+        """
+        layer = self.layers[index]
+        seq = hook.before_layer(self, index, seq)
+        cos, sin, bias = self.sequence_rope_and_bias(seq)
+        bias = hook.attention_bias(index, seq, bias)
+        q, k, v = layer.self_attn.project(layer.input_layernorm(seq.x), cos, sin)
+        output, probs = layer.self_attn.attend(q, k, v, bias, return_probs=hook.needs_probs(index))
+        cache, attended = LayerCache(k, v, seq.key_mask, seq.positions), seq.image_ids
+        attention = LayerAttention(q, k, v, bias, output, probs)
+        seq, rows = hook.after_attention(self, index, seq, attention)
+        if rows is not None:
+            # A drop after attention: the cache above kept every token; o_proj and the MLP run on the rest.
+            output = gather_tokens(output, rows)
+        seq = replace(seq, x=layer.finish(seq.x, output))
+        return hook.after_layer(self, index, seq, attention), cache, attended
 
     def decode(self, embeds: Tensor, caches: list[LayerCache]) -> tuple[Tensor, list[LayerCache]]:
         """One token [B, 1, D] after a (possibly pruned) prefill; returns hidden [B, D] and caches.
@@ -321,7 +339,7 @@ class Decoder(nn.Module):
             position = cache.key_positions.max(dim=-1, keepdim=True).values + 1  # [B, 1]
             key_mask = torch.cat([cache.key_mask, torch.ones_like(position)], dim=1)
             key_positions = torch.cat([cache.key_positions, position], dim=1)
-            cos, sin, bias = self._rope_and_bias(position, key_mask, key_positions, x.dtype)
+            cos, sin, bias = self.rope_and_bias(position, key_mask, key_positions, x.dtype)
             q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
             k = torch.cat([cache.key, k], dim=2)
             v = torch.cat([cache.value, v], dim=2)

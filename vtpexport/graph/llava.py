@@ -12,22 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..pruning.fopru import fopru_rank, fopru_row, fopru_significance
-from ..pruning.ops import data_dependent_count, gather_tokens, iqr_outliers
-from ..pruning.prumerge import (
-    adaptive_count,
-    merge,
-    plus_fixed_budget,
-    plus_samples,
-    prumerge_scores,
-    select_outliers,
-)
-from ..pruning.recover import recover_adaptive, recover_fixed, text_affinity
-from ..recipe import SelectorSpec
+from ..pruning.registry import SelectorInputs, SelectorSpec
 from .args import LlavaArgs
 from .decoder import Decoder, LayerCache, PrefillOutput
 from .hr_vision import MultiPathVision
-from .text_encoder import patch_text_relevance
 from .vision import Projector, VisionTower
 
 
@@ -69,68 +57,32 @@ class LlavaGraph(nn.Module):
         selectors take the question's CLIP text embeddings [B, P] and CLIP's visual projection.
         """
         a = self.args
+        method = selector.declaration
+        probe = method.probe
+        if probe.question and (text_embeds is None or visual_projection is None):
+            raise ValueError(f"selector {method.name} needs the question's CLIP text embeddings")
         feature_layer = a.feature_layer_index
-        method = selector.method
-        if selector.text_guided and (text_embeds is None or visual_projection is None):
-            raise ValueError(f"selector {method} needs the question's CLIP text embeddings")
         out = self.vision(
             pixel_values,
             feature_layer=feature_layer,
-            attn_layer=feature_layer if method.startswith("fopru") else None,
-            qk_layer=None if method.startswith("fopru") else feature_layer + 1,
-            last_layer=selector.text_guided,
+            attn_layer=feature_layer if probe.attention else None,
+            qk_layer=feature_layer + 1 if probe.cls_qk else None,
+            last_layer=probe.question,
         )
         cls_tokens = int(a.cls_token)
-        patches = out.features[:, cls_tokens:]  # selectors score patches; CLS never enters the LLM
-        n, grid = a.vision.num_patches, a.vision.grid_size
-        if method.startswith("fopru"):
-            significance = fopru_significance(out.attn_probs, cls_tokens)
-            keep = selector.output_tokens(n, grid)
-            kept = (
-                fopru_rank(significance, keep)
-                if method == "fopru-rank"
-                else fopru_row(significance, grid, keep // grid)
-            )
-            return ImageTokens(self.projector(gather_tokens(patches, kept)), kept)
-        scores = prumerge_scores(out.query, out.key)
-        keys = out.key[:, 1:]
-        if method == "recover":
-            return self._recover(
-                patches, keys, scores, out.last_hidden[:, 1:], text_embeds, visual_projection, selector
-            )
-        if selector.tokens is not None:
-            budget = min(selector.tokens, n)
-            kept = (
-                select_outliers(scores, budget, selector.order)
-                if method == "prumerge"
-                else plus_fixed_budget(scores, budget)
-            )
-        else:
-            outliers = data_dependent_count(adaptive_count(scores)[0], n)
-            if method == "prumerge":
-                kept = select_outliers(scores, outliers, selector.order)
-            else:
-                chosen = iqr_outliers(scores)
-                chosen[:, plus_samples(n, outliers)] = True
-                kept = chosen[0].nonzero().flatten()[None]
-        merged = merge(patches, keys, scores, kept)
-        index = torch.cat([kept, torch.full_like(kept[:, :1], -1)], dim=1)
-        return ImageTokens(self.projector(merged), index)
-
-    def _recover(self, patches, keys, scores, last_hidden, text_embeds, visual_projection, selector) -> ImageTokens:
-        """Recoverable Compression: [selected patches | merged centres | aggregate], see pruning/recover.py."""
-        patch_embeds = visual_projection(self.vision.post_layernorm(last_hidden))
-        relevance = patch_text_relevance(text_embeds, patch_embeds)
-        if selector.tokens is None:
-            pick = recover_adaptive(scores, relevance)
-        else:
-            pick = recover_fixed(scores, relevance, selector.tokens, selector.text_tokens, selector.merge_tokens)
-        bonus = text_affinity(relevance, text_embeds.shape[-1])
-        merged = merge(patches, keys, scores, pick.centres, pool=pick.leftover, affinity_bonus=bonus)
-        tokens = torch.cat([gather_tokens(patches, pick.selected), merged], dim=1)
-        aggregate = torch.full_like(pick.selected[:, :1], -1)
-        index = torch.cat([pick.selected, pick.centres, aggregate], dim=1)
-        return ImageTokens(self.projector(tokens), index)
+        inputs = SelectorInputs(
+            patches=out.features[:, cls_tokens:],  # selectors score patches; CLS never enters the LLM
+            grid_size=a.vision.grid_size,
+            cls_tokens=cls_tokens,
+            attn_probs=out.attn_probs,
+            query=out.query,
+            key=out.key,
+            text_embeds=text_embeds,
+        )
+        if probe.question:
+            inputs.patch_embeds = visual_projection(self.vision.post_layernorm(out.last_hidden[:, cls_tokens:]))
+        selection = method.select(selector, inputs)
+        return ImageTokens(self.projector(selection.tokens), selection.patch_index)
 
     def pack_tiles(self, tile_features: Tensor, layout: Tensor) -> Tensor:
         """LLaVA-NeXT: gather tile features (plus image_newline) into the image's token sequence.

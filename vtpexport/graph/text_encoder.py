@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .vision import LayerNorm, VisionBlock
@@ -63,10 +62,3 @@ class ClipTextEncoder(nn.Module):
             eos = (input_ids == self.args.eos_token_id).int().argmax(dim=-1)
         pooled = x[torch.arange(x.shape[0], device=x.device), eos]
         return self.text_projection(pooled)
-
-
-def patch_text_relevance(text_embeds: Tensor, patch_embeds: Tensor) -> Tensor:
-    """Cosine similarity [B, N] of each projected patch [B, N, P] with its row's text [B, P]."""
-    text = F.normalize(text_embeds.float(), dim=-1)
-    patches = F.normalize(patch_embeds.float(), dim=-1)
-    return (patches @ text[..., None])[..., 0]

@@ -1,15 +1,24 @@
-"""FitPrune inference scoring (Ye et al.): which visual tokens a layer drops.
+"""FitPrune (Ye et al.): a per-layer recipe of drop counts, calibrated from data (calibrate.py).
 
-After the layer's attention: reduce the softmax probabilities over heads with max, then
-score_j = (attention mass text rows give to j) * (mean attention visual rows give to j).
+Inference: after a layer's attention, reduce the softmax probabilities over heads with max, then
+score_j = (attention mass text rows give to j) * (mean attention visual rows give to j), and drop
+the lowest; the dropped rows leave before o_proj, the layer's cache keeps every token, position
+ids keep their original values.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .ops import image_part, masked_scores, text_part
+from .prefill import ImageDropHook
+from .registry import Field, Schedule, ScheduleSpec, register
+
+if TYPE_CHECKING:
+    from ..graph.decoder import Decoder, LayerAttention, Sequence
 
 
 def fitprune_scores(probs: Tensor, image_start: int, image_len: int, key_mask: Tensor) -> Tensor:
@@ -33,3 +42,61 @@ def materialised_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> tup
     scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5 + bias.float()
     probs = torch.softmax(scores, dim=-1)
     return probs.to(v.dtype) @ v, probs
+
+
+def fitprune_kept(spec: ScheduleSpec, layer: int, n: int) -> int:
+    """Tokens left after `layer`'s drop, for an image that entered the LLM with n.
+
+    One floor of the cumulative drop per layer (not a sum of per-layer floors), so that the
+    count is a single simple expression of n inside an exported graph.
+    """
+    return n - n * sum(spec.drop[: layer + 1]) // spec.visual_tokens
+
+
+class FitPruneHook(ImageDropHook):
+    def needs_probs(self, index: int) -> bool:
+        return self.scoring and self.spec.drop[index] > 0
+
+    def after_attention(
+        self, decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention
+    ) -> tuple[Sequence, Tensor | None]:
+        if self.spec.drop[index] == 0:
+            return seq, None
+        keep = fitprune_kept(self.spec, index, self.image_len)
+        return self.drop(
+            index, seq, keep, lambda: fitprune_scores(attention.probs, seq.image_start, seq.image_len, seq.key_mask)
+        )
+
+
+@register
+class FitPrune(Schedule):
+    name = "fitprune"
+    summary = "drop[l] image tokens after layer l's attention, by head-max text x visual attention"
+    fields = (
+        Field("drop", "tokens dropped at each layer, for `visual_tokens` entering the LLM", required=True),
+        Field("visual_tokens", "the visual-token count the drops are for (scaled to other counts)", True, minimum=0),
+    )
+    position_policy = "original"
+    calibration = "data"
+
+    def check(self, spec: ScheduleSpec, num_layers: int | None) -> None:
+        if not spec.drop:
+            raise self.error("needs per-layer drop counts and visual_tokens")
+        if min(spec.drop) < 0 or sum(spec.drop) > spec.visual_tokens:
+            raise self.error(f"drops {sum(spec.drop)} of {spec.visual_tokens} tokens (or a negative count)")
+        if num_layers is not None and len(spec.drop) != num_layers:
+            raise self.error(f"recipe has {len(spec.drop)} layers, the model has {num_layers}")
+
+    def stage_starts(self, spec: ScheduleSpec, num_layers: int) -> list[int]:
+        return [0] + [layer + 1 for layer in range(num_layers - 1) if spec.drop[layer] > 0]
+
+    def tokens_per_layer(self, spec: ScheduleSpec, n: int, num_layers: int) -> list[tuple[int, int]]:
+        plan, current = [], n
+        for layer in range(num_layers):
+            after = fitprune_kept(spec, layer, n)
+            plan.append((current, after))
+            current = after
+        return plan
+
+    def prefill_hook(self, spec: ScheduleSpec, image_len: int, replay=None) -> FitPruneHook:
+        return FitPruneHook(spec, image_len, replay)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .ops import topk_ascending
+from .ops import gather_tokens, topk_ascending
+from .registry import RATIO_OF_TOKENS, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, ratio, register
 
 
 def fopru_significance(attn_probs: Tensor, cls_tokens: int = 1) -> Tensor:
@@ -35,3 +36,43 @@ def fopru_row(significance: Tensor, grid_size: int, keep_rows: int) -> Tensor:
     rows = topk_ascending(significance.view(b, grid_size, grid_size).sum(dim=-1), keep_rows)
     columns = torch.arange(grid_size, device=significance.device)
     return (rows[..., None] * grid_size + columns).flatten(1)
+
+
+class _FoPru(Selector):
+    fields = (RATIO_OF_TOKENS,)
+    probe = VisionProbe(attention=True)
+
+    def kept(self, significance: Tensor, keep: int, grid_size: int) -> Tensor:
+        raise NotImplementedError
+
+    def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
+        significance = fopru_significance(inputs.attn_probs, inputs.cls_tokens)
+        n, grid = inputs.patches.shape[1], inputs.grid_size
+        kept = self.kept(significance, self.output_tokens(spec, n, grid), grid)
+        return Selection(gather_tokens(inputs.patches, kept), kept)
+
+
+@register
+class FoPruRank(_FoPru):
+    name = "fopru-rank"
+    summary = "keep the floor(N ratio) tokens of highest significance (vision-encoder attention)"
+
+    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
+        r = ratio(spec.ratio)
+        return num_patches * r.numerator // r.denominator
+
+    def kept(self, significance: Tensor, keep: int, grid_size: int) -> Tensor:
+        return fopru_rank(significance, keep)
+
+
+@register
+class FoPruRow(_FoPru):
+    name = "fopru-row"
+    summary = "keep the floor(rows ratio) patch-grid rows of highest total significance, whole"
+
+    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
+        r = ratio(spec.ratio)
+        return grid_size * (grid_size * r.numerator // r.denominator)
+
+    def kept(self, significance: Tensor, keep: int, grid_size: int) -> Tensor:
+        return fopru_row(significance, grid_size, keep // grid_size)

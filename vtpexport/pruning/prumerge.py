@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import gather_tokens, iqr_outliers, topk_ascending
+from .ops import data_dependent_count, gather_tokens, iqr_outliers, topk_ascending
+from .registry import TOKENS, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, register
 
 NEIGHBOURS = 32
 
@@ -92,3 +93,48 @@ def merge(
     pruned = pool.to(scores.dtype).scatter(1, kept, 0.0)
     remainder = ((scores * pruned)[..., None].to(features.dtype) * features).sum(dim=1, keepdim=True)
     return torch.cat([merged, remainder], dim=1)
+
+
+def merged_selection(inputs: SelectorInputs, scores: Tensor, kept: Tensor) -> Selection:
+    """Kept tokens merged with their neighbours, then the remainder token (patch index -1)."""
+    merged = merge(inputs.patches, inputs.key[:, 1:], scores, kept)
+    return Selection(merged, torch.cat([kept, torch.full_like(kept[:, :1], -1)], dim=1))
+
+
+class _PruMerge(Selector):
+    fields = (TOKENS,)
+    probe = VisionProbe(cls_qk=True, cls_token=True)
+
+    def adaptive(self, spec: SelectorSpec) -> bool:
+        return spec.tokens is None
+
+    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int | None:
+        return None if spec.tokens is None else min(spec.tokens, num_patches) + 1  # + the merged remainder
+
+
+@register
+class PruMerge(_PruMerge):
+    name = "prumerge"
+    summary = "keep the CLS-attention outliers (or the top `tokens`), merge the rest into them, +1 remainder"
+
+    def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
+        scores = prumerge_scores(inputs.query, inputs.key)
+        n = scores.shape[-1]
+        count = min(spec.tokens, n) if spec.tokens is not None else data_dependent_count(adaptive_count(scores)[0], n)
+        return merged_selection(inputs, scores, select_outliers(scores, count, spec.order))
+
+
+@register
+class PruMergePlus(_PruMerge):
+    name = "prumerge+"
+    summary = "PruMerge plus spatially uniform samples (about three per outlier), raster order"
+
+    def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
+        scores = prumerge_scores(inputs.query, inputs.key)
+        n = scores.shape[-1]
+        if spec.tokens is not None:
+            return merged_selection(inputs, scores, plus_fixed_budget(scores, min(spec.tokens, n)))
+        outliers = data_dependent_count(adaptive_count(scores)[0], n)
+        chosen = iqr_outliers(scores)
+        chosen[:, plus_samples(n, outliers)] = True
+        return merged_selection(inputs, scores, chosen[0].nonzero().flatten()[None])

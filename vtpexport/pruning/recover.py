@@ -17,9 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import data_dependent_count, iqr_outliers, topk_ascending
+from .ops import data_dependent_count, gather_tokens, iqr_outliers, topk_ascending
+from .prumerge import merge, prumerge_scores
+from .registry import TOKENS, Field, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, register
 
 # The reference ranks a centre's neighbours by key cosine + 50 * (text cosine / sqrt(P)).
 TEXT_AFFINITY_SCALE = 50.0
@@ -30,6 +33,13 @@ class RecoverSelection:
     selected: Tensor  # [B, k] raster indices of the patches kept as they are (I_v u I_t)
     centres: Tensor  # [B, c] raster indices of the leftover patches that absorb neighbours
     leftover: Tensor  # [B, N] bool: patches neither selected (the merge pool)
+
+
+def patch_text_relevance(text_embeds: Tensor, patch_embeds: Tensor) -> Tensor:
+    """Cosine similarity [B, N] of each projected patch [B, N, P] with its row's text [B, P]."""
+    text = F.normalize(text_embeds.float(), dim=-1)
+    patches = F.normalize(patch_embeds.float(), dim=-1)
+    return (patches @ text[..., None])[..., 0]
 
 
 def text_affinity(relevance: Tensor, projection_dim: int) -> Tensor:
@@ -81,3 +91,39 @@ def recover_fixed(
     leftover = ~_mask(selected, n)
     centres = _top(scores, leftover, merge_tokens)
     return RecoverSelection(selected, centres, leftover)
+
+
+@register
+class Recover(Selector):
+    name = "recover"
+    summary = "CLS-attention outliers, then question-relevant patches recovered, the rest merged into centres"
+    fields = (
+        TOKENS,
+        Field("text_tokens", "fixed count of question-relevant patches recovered", minimum=0),
+        Field("merge_tokens", "fixed count of merge centres among the leftovers", minimum=0),
+    )
+    together = ("tokens", "text_tokens", "merge_tokens")
+    probe = VisionProbe(cls_qk=True, question=True, cls_token=True)
+
+    def adaptive(self, spec: SelectorSpec) -> bool:
+        return spec.tokens is None
+
+    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int | None:
+        if spec.tokens is None:
+            return None
+        return min(spec.tokens + spec.text_tokens + spec.merge_tokens, num_patches) + 1  # + the aggregate token
+
+    def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
+        """[selected patches | merged centres | aggregate]."""
+        patches, keys = inputs.patches, inputs.key[:, 1:]
+        scores = prumerge_scores(inputs.query, inputs.key)
+        relevance = patch_text_relevance(inputs.text_embeds, inputs.patch_embeds)
+        if spec.tokens is None:
+            pick = recover_adaptive(scores, relevance)
+        else:
+            pick = recover_fixed(scores, relevance, spec.tokens, spec.text_tokens, spec.merge_tokens)
+        bonus = text_affinity(relevance, inputs.text_embeds.shape[-1])
+        merged = merge(patches, keys, scores, pick.centres, pool=pick.leftover, affinity_bonus=bonus)
+        tokens = torch.cat([gather_tokens(patches, pick.selected), merged], dim=1)
+        index = torch.cat([pick.selected, pick.centres, torch.full_like(pick.selected[:, :1], -1)], dim=1)
+        return Selection(tokens, index)

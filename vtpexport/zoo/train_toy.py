@@ -52,12 +52,13 @@ from torch import Tensor, nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
 from ..files import folder_atomically
-from ..graph.decoder import rope_cos_sin
+from ..graph.decoder import Sequence
 from ..graph.llava import LlavaGraph
 from ..models.builtin import SPECIALS, init_weights, processor_for, save_model, wrap_tokenizer
 from ..models.checkpoint import load_weights
 from ..models.families import FAMILIES, args_from_config
 from ..models.prompt import format_prompt, split_prompt
+from ..pruning.prefill import PrefillHook
 from . import toy_data
 from .toy_data import COLOURS, GRID, QUESTION_MAKERS, QUESTION_TYPES, SHAPES, SIZES, Question, ToyObject
 
@@ -282,6 +283,23 @@ def hidden_image_tokens(
     return hidden_from
 
 
+class PackedAttention(PrefillHook):
+    """The training mask of packed questions: a tail token sees the shared head and earlier
+    tokens of its own question, nothing else; with `hidden_from` [B, S], a token is no longer
+    seen from that layer on."""
+
+    def __init__(self, allowed: Tensor, hidden_from: Tensor | None):
+        super().__init__()
+        self.allowed = allowed  # [B, S, S]
+        self.hidden_from = hidden_from
+
+    def attention_bias(self, index: int, seq: Sequence, bias: Tensor) -> Tensor:
+        seen = self.allowed if self.hidden_from is None else self.allowed & (self.hidden_from > index)[:, None, :]
+        return torch.zeros(seen.shape, dtype=bias.dtype, device=bias.device).masked_fill(
+            ~seen, torch.finfo(bias.dtype).min
+        )[:, None]
+
+
 def packed_logits(graph: LlavaGraph, batch: PackedBatch, image_embeds: Tensor | None) -> Tensor:
     """Logits [B, T, V] at the tail tokens; image_embeds [B, N, D] or None (blind)."""
     decoder = graph.decoder
@@ -289,28 +307,23 @@ def packed_logits(graph: LlavaGraph, batch: PackedBatch, image_embeds: Tensor | 
     parts = [decoder.embed_tokens(batch.prefix_ids)]
     if image_embeds is not None:
         parts.append(image_embeds)
-    head_len = p + (0 if image_embeds is None else image_embeds.shape[1])
+    n = 0 if image_embeds is None else image_embeds.shape[1]
+    head_len = p + n
     x = torch.cat([*parts, decoder.embed_tokens(batch.tail_ids)], dim=1)
     head_positions = torch.arange(head_len)[None].expand(rows, -1)
     positions = torch.cat([head_positions, batch.tail_positions], dim=1)
     block = torch.cat([torch.zeros_like(head_positions), batch.tail_block], dim=1)
-    # A tail token sees the shared head and earlier tokens of its own question, nothing else.
     causal = positions[:, None, :] <= positions[:, :, None]
     same_question = (block[:, None, :] == 0) | (block[:, None, :] == block[:, :, None])
-    allowed = causal & same_question
     hidden_from = None
     if image_embeds is not None and batch.hidden_from is not None:
         layers = len(decoder.layers)
         head, tail = torch.full((rows, p), layers), torch.full(batch.tail_ids.shape, layers)
         hidden_from = torch.cat([head, batch.hidden_from, tail], dim=1)
-    cos, sin = rope_cos_sin(positions, decoder.args.head_dim, decoder.args.rope_theta, x.dtype)
-    for index, layer in enumerate(decoder.layers):
-        seen = allowed if hidden_from is None else allowed & (hidden_from > index)[:, None, :]
-        bias = torch.zeros(seen.shape, dtype=x.dtype).masked_fill(~seen, torch.finfo(x.dtype).min)[:, None]
-        q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
-        attn, _ = layer.self_attn.attend(q, k, v, bias)
-        x = layer.finish(x, attn)
-    return decoder.lm_head(decoder.norm(x[:, head_len:]))
+    key_mask = torch.ones(positions.shape, dtype=torch.long)
+    seq = Sequence(x, key_mask, positions, torch.arange(n)[None].expand(rows, -1), p, n)
+    seq = decoder.run_layers(seq, PackedAttention(causal & same_question, hidden_from))
+    return decoder.lm_head(decoder.norm(seq.x[:, head_len:]))
 
 
 def image_embeddings(graph: LlavaGraph, kit: Toolkit, scenes: list[list[ToyObject]]) -> Tensor:
