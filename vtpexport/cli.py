@@ -387,9 +387,7 @@ def inspect(
     metavar="B",
     help="Fraction in (0, 1] of the unpruned visual-token LLM FLOPs (paper convention) the pruned model may spend.",
 )
-@click.option(
-    "--method", type=_RegisteredMethods("schedule"), default="fitprune", show_default=True
-)
+@click.option("--method", type=_RegisteredMethods("schedule"), default="fitprune", show_default=True)
 @click.option(
     "--selector",
     type=_RegisteredMethods("selector"),

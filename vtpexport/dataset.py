@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import UserError
-from .export.manifest import sha256
+from .files import sha256
 from .models.images import load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
