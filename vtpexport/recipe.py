@@ -18,8 +18,11 @@ import yaml
 from . import __version__
 from .errors import UserError
 from .graph.args import LlavaArgs
+from .recipe_schema import RECIPE, SCHEDULE, SELECTOR
+from .schema import load_yaml, validate
 
 RECIPE_VERSION = 1
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB; a bigger file is not one
 SELECTORS = ("fopru-rank", "fopru-row", "prumerge", "prumerge+", "recover")
 # Selectors that score patches against the question: the export takes CLIP text embeddings.
 TEXT_GUIDED_SELECTORS = ("recover",)
@@ -51,25 +54,7 @@ class SelectorSpec:
     merge_tokens: int | None = None
 
     def validate(self) -> None:
-        if self.method not in SELECTORS:
-            raise UserError(f"unknown selector {self.method!r} (known: {', '.join(SELECTORS)})")
-        if self.method.startswith("fopru"):
-            if self.ratio is None or not 0 < self.ratio <= 1:
-                raise UserError(f"selector {self.method} needs ratio in (0, 1], got {self.ratio}")
-        else:
-            counts = {"tokens": self.tokens, "text_tokens": self.text_tokens, "merge_tokens": self.merge_tokens}
-            for key, value in counts.items():
-                if value is not None and value < 0:
-                    raise UserError(f"selector {self.method}: {key} must be >= 0, got {value}")
-            if self.method == "recover":
-                if len({value is None for value in counts.values()}) > 1:
-                    raise UserError(
-                        "recover: give tokens, text_tokens and merge_tokens together (fixed budget) or none"
-                    )
-            elif self.text_tokens is not None or self.merge_tokens is not None:
-                raise UserError(f"selector {self.method} takes tokens only (text_tokens / merge_tokens are recover's)")
-        if self.order not in ("raster", "score"):
-            raise UserError(f"selector order must be 'raster' or 'score', got {self.order!r}")
+        validate(SELECTOR, _plain(self), root="selector")
 
     @property
     def adaptive(self) -> bool:
@@ -115,23 +100,15 @@ class ScheduleSpec:
         return POSITION_POLICY[self.method]
 
     def validate(self, num_layers: int | None = None) -> None:
-        if self.method not in SCHEDULES:
-            raise UserError(f"unknown schedule {self.method!r} (known: {', '.join(SCHEDULES)})")
-        if self.method == "fitprune":
-            if not self.drop or self.visual_tokens is None:
-                raise UserError("fitprune needs per-layer drop counts and visual_tokens")
-            if min(self.drop) < 0 or sum(self.drop) > self.visual_tokens:
-                raise UserError(f"fitprune drops {sum(self.drop)} of {self.visual_tokens} tokens (or a negative count)")
-            if num_layers is not None and len(self.drop) != num_layers:
-                raise UserError(f"fitprune recipe has {len(self.drop)} layers, the model has {num_layers}")
-        if self.method == "pyramiddrop":
-            if not self.layers or list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 1:
-                raise UserError(f"pyramiddrop stage layers must be increasing and >= 1, got {list(self.layers)}")
-            if num_layers is not None and self.layers[-1] >= num_layers:
-                raise UserError(f"pyramiddrop stage layer {self.layers[-1]} is past the model's {num_layers} layers")
-        if self.method in ("pyramiddrop", "fastv") and not 0 <= self.ratio <= 1:
-            raise UserError(f"{self.method} ratio must be in [0, 1], got {self.ratio}")
-        if self.method == "fastv" and (self.layer < 1 or (num_layers is not None and self.layer >= num_layers)):
+        """The declared fields (recipe_schema.SCHEDULE); with `num_layers`, also against the model's depth."""
+        validate(SCHEDULE, _plain(self), root="schedule")
+        if num_layers is None:
+            return
+        if self.method == "fitprune" and len(self.drop) != num_layers:
+            raise UserError(f"fitprune recipe has {len(self.drop)} layers, the model has {num_layers}")
+        if self.method == "pyramiddrop" and self.layers[-1] >= num_layers:
+            raise UserError(f"pyramiddrop stage layer {self.layers[-1]} is past the model's {num_layers} layers")
+        if self.method == "fastv" and self.layer >= num_layers:
             raise UserError(f"fastv layer must be in [1, {num_layers}), got {self.layer}")
 
     def fitprune_kept(self, layer: int, n: int) -> int:
@@ -189,6 +166,15 @@ def check_selector(args: LlavaArgs, selector: SelectorSpec) -> None:
             f"selector {selector.method} scores patches by the CLS token's attention, and {args.family} has no "
             "CLS token (LLaVA-HR drops it before its ViT); use fopru-rank / fopru-row or an in-LLM schedule "
             f"({', '.join(SCHEDULES)})"
+        )
+    if selector.output_tokens(args.vision.num_patches, args.vision.grid_size) == 0:
+        # The image would vanish, and a zero-length image dimension cannot be exported.
+        rows = selector.method == "fopru-row"
+        least = 1 / (args.vision.grid_size if rows else args.vision.num_patches)
+        raise UserError(
+            f"selector {selector.method} ratio {selector.ratio:g} keeps no image {'row' if rows else 'token'} of "
+            f"{args.family}'s {args.vision.grid_size if rows else args.vision.num_patches}; "
+            f"use a ratio of at least {least:.4g}"
         )
 
 
@@ -250,43 +236,31 @@ class Recipe:
 
     @staticmethod
     def from_dict(data: dict, source: str = "recipe") -> Recipe:
+        """A recipe from its document, checked against recipe_schema.RECIPE (types, ranges,
+        cross-field rules, no unknown keys); errors name `source`, the key and the value."""
         if not isinstance(data, dict):
             raise UserError(f"{source} is not a recipe (expected a YAML mapping)")
         if data.get("version") != RECIPE_VERSION:
             raise UserError(
                 f"{source} has recipe version {data.get('version')!r}; this tool reads version {RECIPE_VERSION}"
             )
-        try:
-            model = ModelRef(**data["model"])
-            selector = SelectorSpec(**_tuples(data["selector"])) if data.get("selector") else None
-            schedule = ScheduleSpec(**_tuples(data["schedule"])) if data.get("schedule") else None
-            recipe = Recipe(
-                name=str(data["name"]),
-                model=model,
-                selector=selector,
-                schedule=schedule,
-                provenance=dict(data.get("provenance") or {}),
-            )
-        except (KeyError, TypeError) as error:
-            raise UserError(f"{source} is malformed: {error}") from None
-        if selector:
-            selector.validate()
-        if schedule:
-            schedule.validate()
+        validate(RECIPE, data, source)
+        selector = SelectorSpec(**_tuples(data["selector"])) if data.get("selector") else None
+        schedule = ScheduleSpec(**_tuples(data["schedule"])) if data.get("schedule") else None
+        recipe = Recipe(
+            name=data["name"],
+            model=ModelRef(**data["model"]),
+            selector=selector,
+            schedule=schedule,
+            provenance=dict(data.get("provenance") or {}),
+        )
         if "position_policy" in data and data["position_policy"] != recipe.position_policy:
             raise UserError(f"{source}: position_policy {data['position_policy']!r} does not match its schedule")
         return recipe
 
     @staticmethod
     def load(path: str | Path) -> Recipe:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"recipe not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-        return Recipe.from_dict(data, str(path))
+        return Recipe.from_dict(load_yaml(path, "recipe", MAX_RECIPE_BYTES), str(path))
 
     def with_provenance(self, **entries) -> Recipe:
         return replace(self, provenance={**self.provenance, **entries})
@@ -294,6 +268,11 @@ class Recipe:
 
 def _tuples(spec: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+
+
+def _plain(spec: SelectorSpec | ScheduleSpec) -> dict:
+    """A spec as its document writes it (lists, not tuples), for the schema."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
 
 
 def new_provenance(produced_by: str, **entries) -> dict:
