@@ -399,7 +399,7 @@ def test_unwritable_out(tmp_path):
     [
         (["--selector", "prumerge"], r"data-dependent number of tokens"),
         (["--selector-ratio", "0.5"], r"--selector-ratio and --selector-tokens need --selector"),
-        (["--selector", "fopru-rank"], r"fopru-rank needs ratio in \(0, 1\]"),
+        (["--selector", "fopru-rank"], r"fopru-rank needs ratio, a number in \(0, 1\]"),
         (["--device", "cuda:7"], r"--device cuda:7"),
         (["--model", "tiny-llava-next", "--selector", "fopru-rank", "--selector-ratio", "0.5"], r"LLaVA-NeXT"),
         (["--method", "pyramiddrop", "--stage-layers", "2,x"], r"--stage-layers wants layer numbers"),

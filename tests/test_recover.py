@@ -108,9 +108,9 @@ def test_plus_fixed_budget_is_a_uniform_grid_filled_by_score():
 def test_recover_recipe_validation():
     with pytest.raises(UserError, match="together"):
         SelectorSpec("recover", tokens=4).validate()
-    with pytest.raises(UserError, match="takes tokens only"):
+    with pytest.raises(UserError, match="text_tokens does not apply to method prumerge"):
         SelectorSpec("prumerge", tokens=4, text_tokens=2).validate()
-    with pytest.raises(UserError, match="must be >= 0"):
+    with pytest.raises(UserError, match="text_tokens must be an integer >= 0"):
         SelectorSpec("recover", tokens=4, text_tokens=-1, merge_tokens=1).validate()
     fixed = SelectorSpec("recover", tokens=4, text_tokens=3, merge_tokens=2)
     fixed.validate()

@@ -38,6 +38,7 @@ from .models.anyres import num_image_tokens, num_tiles
 from .pruning.prefill import PrefillHook
 from .pruning.registry import schedule_method
 from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, check_selector
+from .schema import slugify
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "calibration_data" / "calibration.jsonl"
 ALPHA_STEPS = 100  # alpha is searched on the grid k / 100
@@ -385,11 +386,11 @@ class CalibrationRequest:
     @property
     def recipe_name(self) -> str:
         if self.name:
-            return self.name
+            return slugify(self.name)  # from --out's file name; a recipe name is a file-name slug
         model = Path(self.model).name if Path(self.model).is_dir() else self.model
         digits = str(float(parse_budget(self.flops_budget))).replace(".", "")
         selector = f"{self.selector.method}-" if self.selector else ""
-        return f"{selector}{self.method}-{model}-b{digits}"
+        return slugify(f"{selector}{self.method}-{model}-b{digits}")
 
 
 @dataclass

@@ -18,8 +18,11 @@ from . import __version__
 from .errors import UserError
 from .graph.args import LlavaArgs
 from .pruning.registry import ScheduleSpec, SelectorSpec, describe, methods
+from .recipe_schema import RECIPE
+from .schema import load_yaml, validate
 
 RECIPE_VERSION = 1
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB; a bigger file is not one
 
 
 def check_selector(args: LlavaArgs, selector: SelectorSpec) -> None:
@@ -30,6 +33,12 @@ def check_selector(args: LlavaArgs, selector: SelectorSpec) -> None:
             f"selector {selector.method} scores patches by the CLS token's attention, and {args.family} has no "
             f"CLS token (LLaVA-HR drops it before its ViT); use {' / '.join(without_cls)} or an in-LLM schedule "
             f"({', '.join(methods('schedule'))})"
+        )
+    if selector.output_tokens(args.vision.num_patches, args.vision.grid_size) == 0:
+        # The image would vanish, and a zero-length image dimension cannot be exported.
+        raise UserError(
+            f"selector {selector.method} ({_settings(selector)}) keeps no image token of {args.family}'s "
+            f"{args.vision.num_patches} patches ({args.vision.grid_size} rows); keep more"
         )
 
 
@@ -89,47 +98,44 @@ class Recipe:
 
     @staticmethod
     def from_dict(data: dict, source: str = "recipe") -> Recipe:
+        """A recipe from its document, checked against recipe_schema.RECIPE (types, ranges,
+        cross-field rules, no unknown keys); errors name `source`, the key and the value."""
         if not isinstance(data, dict):
             raise UserError(f"{source} is not a recipe (expected a YAML mapping)")
         if data.get("version") != RECIPE_VERSION:
             raise UserError(
                 f"{source} has recipe version {data.get('version')!r}; this tool reads version {RECIPE_VERSION}"
             )
-        try:
-            model = ModelRef(**data["model"])
-            selector = SelectorSpec(**_tuples(data["selector"])) if data.get("selector") else None
-            schedule = ScheduleSpec(**_tuples(data["schedule"])) if data.get("schedule") else None
-            recipe = Recipe(
-                name=str(data["name"]),
-                model=model,
-                selector=selector,
-                schedule=schedule,
-                provenance=dict(data.get("provenance") or {}),
-            )
-        except (KeyError, TypeError) as error:
-            raise UserError(f"{source} is malformed: {error}") from None
-        if selector:
-            selector.validate()
-        if schedule:
-            schedule.validate()
+        validate(RECIPE, data, source)
+        selector = SelectorSpec(**_tuples(data["selector"])) if data.get("selector") else None
+        schedule = ScheduleSpec(**_tuples(data["schedule"])) if data.get("schedule") else None
+        recipe = Recipe(
+            name=data["name"],
+            model=ModelRef(**data["model"]),
+            selector=selector,
+            schedule=schedule,
+            provenance=dict(data.get("provenance") or {}),
+        )
         if "position_policy" in data and data["position_policy"] != recipe.position_policy:
             raise UserError(f"{source}: position_policy {data['position_policy']!r} does not match its schedule")
         return recipe
 
     @staticmethod
     def load(path: str | Path) -> Recipe:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"recipe not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-        return Recipe.from_dict(data, str(path))
+        return Recipe.from_dict(load_yaml(path, "recipe", MAX_RECIPE_BYTES), str(path))
 
 
 def _tuples(spec: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+
+
+def _settings(spec: SelectorSpec | ScheduleSpec) -> str:
+    """The spec's own fields as `key value` pairs, for messages."""
+    return ", ".join(
+        f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in describe(spec).items()
+        if key in spec.declaration.fields
+    )
 
 
 def new_provenance(produced_by: str, **entries) -> dict:

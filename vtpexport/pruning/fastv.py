@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..schema import Field, Int
 from .ops import image_part, masked_scores
 from .prefill import ImageDropHook
-from .registry import Field, Schedule, ScheduleSpec, ratio, register
+from .registry import SHARE, Schedule, ScheduleSpec, ratio, register
 
 if TYPE_CHECKING:
     from ..graph.decoder import Decoder, LayerAttention, Sequence
@@ -68,15 +69,13 @@ def solve_fastv(budget, layer: int) -> ScheduleSpec:
 class FastV(Schedule):
     name = "fastv"
     summary = "after layer K, keep round(N (1 - R)) image tokens by the last query's attention"
-    fields = (
-        Field("layer", "K: the layer after which tokens are dropped", minimum=1),
-        Field("ratio", "R: share of the image tokens dropped", minimum=0, maximum=1),
-    )
+    # K: tokens drop after layer K; R: the share dropped (1 keeps only the text, a tested edge case).
+    fields = {"layer": Field(Int(1)), "ratio": Field(SHARE)}
     position_policy = "original"
     calibration = "analytic"
 
-    def check(self, spec: ScheduleSpec, num_layers: int | None) -> None:
-        if num_layers is not None and spec.layer >= num_layers:
+    def check_depth(self, spec: ScheduleSpec, num_layers: int) -> None:
+        if spec.layer >= num_layers:
             raise self.error(f"layer must be in [1, {num_layers}), got {spec.layer}")
 
     def stage_starts(self, spec: ScheduleSpec, num_layers: int) -> list[int]:

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..schema import Field, Int, ListOf
 from .ops import image_part, masked_scores, text_part
 from .prefill import ImageDropHook
-from .registry import Field, Schedule, ScheduleSpec, register
+from .registry import COUNT, Schedule, ScheduleSpec, register
 
 if TYPE_CHECKING:
     from ..graph.decoder import Decoder, LayerAttention, Sequence
@@ -68,23 +69,24 @@ class FitPruneHook(ImageDropHook):
         )
 
 
+def _drops_within_tokens(record: dict) -> str | None:
+    if sum(record["drop"]) > record["visual_tokens"]:
+        return f"drop sums to {sum(record['drop'])}, more than the {record['visual_tokens']} visual_tokens"
+    return None
+
+
 @register
 class FitPrune(Schedule):
     name = "fitprune"
     summary = "drop[l] image tokens after layer l's attention, by head-max text x visual attention"
-    fields = (
-        Field("drop", "tokens dropped at each layer, for `visual_tokens` entering the LLM", required=True),
-        Field("visual_tokens", "the visual-token count the drops are for (scaled to other counts)", True, minimum=0),
-    )
+    # drop[l]: tokens dropped at layer l, for `visual_tokens` entering the LLM (scaled to other counts).
+    fields = {"drop": Field(ListOf(COUNT, min_length=1)), "visual_tokens": Field(Int(1))}
+    rules = (_drops_within_tokens,)
     position_policy = "original"
     calibration = "data"
 
-    def check(self, spec: ScheduleSpec, num_layers: int | None) -> None:
-        if not spec.drop:
-            raise self.error("needs per-layer drop counts and visual_tokens")
-        if min(spec.drop) < 0 or sum(spec.drop) > spec.visual_tokens:
-            raise self.error(f"drops {sum(spec.drop)} of {spec.visual_tokens} tokens (or a negative count)")
-        if num_layers is not None and len(spec.drop) != num_layers:
+    def check_depth(self, spec: ScheduleSpec, num_layers: int) -> None:
+        if len(spec.drop) != num_layers:
             raise self.error(f"recipe has {len(spec.drop)} layers, the model has {num_layers}")
 
     def stage_starts(self, spec: ScheduleSpec, num_layers: int) -> list[int]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..schema import Field
 from .ops import gather_tokens, topk_ascending
-from .registry import RATIO_OF_TOKENS, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, ratio, register
+from .registry import RATIO, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, ratio, register
 
 
 def fopru_significance(attn_probs: Tensor, cls_tokens: int = 1) -> Tensor:
@@ -39,7 +40,7 @@ def fopru_row(significance: Tensor, grid_size: int, keep_rows: int) -> Tensor:
 
 
 class _FoPru(Selector):
-    fields = (RATIO_OF_TOKENS,)
+    fields = {"ratio": Field(RATIO)}  # the share of tokens (rank) or grid rows (row) kept
     probe = VisionProbe(attention=True)
 
     def kept(self, significance: Tensor, keep: int, grid_size: int) -> Tensor:

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..schema import Field
 from .ops import data_dependent_count, gather_tokens, iqr_outliers, topk_ascending
-from .registry import TOKENS, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, register
+from .registry import NULLABLE_COUNT, ORDER, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, register
 
 NEIGHBOURS = 32
 
@@ -102,7 +103,8 @@ def merged_selection(inputs: SelectorInputs, scores: Tensor, kept: Tensor) -> Se
 
 
 class _PruMerge(Selector):
-    fields = (TOKENS,)
+    # tokens: a fixed count kept (none: adaptive, the IQR outliers); order: raster (ours) or score (reference).
+    fields = {"tokens": Field(NULLABLE_COUNT, required=False), "order": Field(ORDER, required=False)}
     probe = VisionProbe(cls_qk=True, cls_token=True)
 
     def adaptive(self, spec: SelectorSpec) -> bool:
@@ -128,6 +130,7 @@ class PruMerge(_PruMerge):
 class PruMergePlus(_PruMerge):
     name = "prumerge+"
     summary = "PruMerge plus spatially uniform samples (about three per outlier), raster order"
+    fields = {"tokens": Field(NULLABLE_COUNT, required=False)}
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         scores = prumerge_scores(inputs.query, inputs.key)

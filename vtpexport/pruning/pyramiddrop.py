@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..schema import Field, Int, ListOf
 from .ops import image_part, masked_scores
 from .prefill import ImageDropHook
-from .registry import Field, Schedule, ScheduleSpec, ratio, register
+from .registry import RATIO, Schedule, ScheduleSpec, ratio, register
 
 if TYPE_CHECKING:
     from ..graph.decoder import Decoder, Sequence
@@ -91,23 +92,24 @@ def solve_pyramiddrop(budget, layers: tuple[int, ...]) -> ScheduleSpec:
     return schedule(lo)
 
 
+def _increasing_layers(record: dict) -> str | None:
+    layers = list(record["layers"])
+    return None if layers == sorted(set(layers)) else f"layers must be strictly increasing, got {layers}"
+
+
 @register
 class PyramidDrop(Schedule):
     name = "pyramiddrop"
     summary = "stages end at `layers`; stage s keeps floor(N lambda^s) image tokens (lambda = ratio)"
-    fields = (
-        Field("layers", "the layers that start stages 1, 2, ... (each drops before it runs)", required=True),
-        Field("ratio", "lambda: share of the image tokens each stage keeps of the previous one", minimum=0, maximum=1),
-    )
+    # layers: where stages 1, 2, ... start (each drops before it runs); ratio: lambda, kept per stage.
+    fields = {"layers": Field(ListOf(Int(1), min_length=1)), "ratio": Field(RATIO)}
+    rules = (_increasing_layers,)
     position_policy = "renumbered"
     calibration = "analytic"
 
-    def check(self, spec: ScheduleSpec, num_layers: int | None) -> None:
-        layers = list(spec.layers)
-        if not layers or layers != sorted(set(layers)) or layers[0] < 1:
-            raise self.error(f"stage layers must be increasing and >= 1, got {layers}")
-        if num_layers is not None and layers[-1] >= num_layers:
-            raise self.error(f"stage layer {layers[-1]} is past the model's {num_layers} layers")
+    def check_depth(self, spec: ScheduleSpec, num_layers: int) -> None:
+        if spec.layers[-1] >= num_layers:
+            raise self.error(f"stage layer {spec.layers[-1]} is past the model's {num_layers} layers")
 
     def stage_starts(self, spec: ScheduleSpec, num_layers: int) -> list[int]:
         return [0, *spec.layers]

@@ -20,9 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..schema import Field
 from .ops import data_dependent_count, gather_tokens, iqr_outliers, topk_ascending
 from .prumerge import merge, prumerge_scores
-from .registry import TOKENS, Field, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, register
+from .registry import (
+    NULLABLE_COUNT,
+    Selection,
+    Selector,
+    SelectorInputs,
+    SelectorSpec,
+    VisionProbe,
+    all_or_none,
+    register,
+)
 
 # The reference ranks a centre's neighbours by key cosine + 50 * (text cosine / sqrt(P)).
 TEXT_AFFINITY_SCALE = 50.0
@@ -97,12 +107,9 @@ def recover_fixed(
 class Recover(Selector):
     name = "recover"
     summary = "CLS-attention outliers, then question-relevant patches recovered, the rest merged into centres"
-    fields = (
-        TOKENS,
-        Field("text_tokens", "fixed count of question-relevant patches recovered", minimum=0),
-        Field("merge_tokens", "fixed count of merge centres among the leftovers", minimum=0),
-    )
-    together = ("tokens", "text_tokens", "merge_tokens")
+    # Fixed counts of the visual outliers, the question-relevant patches and the merge centres.
+    fields = {key: Field(NULLABLE_COUNT, required=False) for key in ("tokens", "text_tokens", "merge_tokens")}
+    rules = (all_or_none("tokens", "text_tokens", "merge_tokens"),)
     probe = VisionProbe(cls_qk=True, question=True, cls_token=True)
 
     def adaptive(self, spec: SelectorSpec) -> bool:

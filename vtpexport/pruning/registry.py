@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import UserError
+from ..schema import Field, Int, Nullable, Number, Record, Rule, Tagged, Text, validate
 
 if TYPE_CHECKING:  # annotations only: the tensor side is the method modules' business
     from torch import Tensor
@@ -30,48 +32,24 @@ def ratio(value: float) -> Fraction:
     return Fraction(value).limit_denominator(1000)
 
 
-# --- recipe fields as data ---------------------------------------------------------------------
+# --- recipe field types (hostile's schema parts), shared by the method declarations -------------
+
+RATIO = Number(0, 1, open_low=True)  # a share kept: (0, 1]
+SHARE = Number(0, 1)  # a share dropped or kept, 0 and 1 included
+COUNT = Int(0)
+NULLABLE_COUNT = Nullable(COUNT)
+ORDER = Text(choices=("raster", "score"))
 
 
-@dataclass(frozen=True)
-class Field:
-    """A recipe field a method takes, with its range (read by validation, the CLI and docs)."""
+def all_or_none(*keys: str) -> Rule:
+    """A cross-field rule: these keys are given together or not at all."""
 
-    name: str
-    doc: str
-    required: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    exclusive_minimum: bool = False
-    choices: tuple[str, ...] = ()
+    def rule(record: Mapping[str, Any]) -> str | None:
+        if len({record.get(key) is None for key in keys}) > 1:
+            return f"give {', '.join(keys[:-1])} and {keys[-1]} together (a fixed budget) or none (adaptive)"
+        return None
 
-    def interval(self) -> str:
-        low = "(" if self.exclusive_minimum else "["
-        if self.maximum is None:
-            return f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
-        return f"in {low}{self.minimum:g}, {self.maximum:g}]"
-
-    def check(self, owner: str, value: Any) -> None:
-        """UserError when `value` is missing (and required) or outside the declared range."""
-        if value is None:
-            if self.required:
-                raise UserError(f"{owner} needs {self.name} {self.interval()}, got none")
-            return
-        if self.choices:
-            if value not in self.choices:
-                allowed = " or ".join(repr(c) for c in self.choices)
-                raise UserError(f"{owner}: {self.name} must be {allowed}, got {value!r}")
-            return
-        if self.minimum is None:
-            return
-        below = value <= self.minimum if self.exclusive_minimum else value < self.minimum
-        if below or (self.maximum is not None and value > self.maximum):
-            raise UserError(f"{owner}: {self.name} must be {self.interval()}, got {value}")
-
-
-RATIO_OF_TOKENS = Field("ratio", "share of the tokens (or grid rows) kept", True, 0, 1, exclusive_minimum=True)
-TOKENS = Field("tokens", "fixed count of kept tokens (none: adaptive, an IQR outlier count)", minimum=0)
-ORDER = Field("order", "kept tokens in raster order (ours) or by score (the reference)", choices=("raster", "score"))
+    return rule
 
 
 # --- what a recipe stores: one spec per stage ------------------------------------------------------
@@ -94,7 +72,8 @@ class SelectorSpec:
         return selector_method(self.method)
 
     def validate(self) -> None:
-        self.declaration.validate(self)
+        """The method's declared fields, types, ranges and rules."""
+        validate(SELECTOR, describe(self), root="selector")
 
     @property
     def adaptive(self) -> bool:
@@ -131,7 +110,11 @@ class ScheduleSpec:
         return self.declaration.position_policy
 
     def validate(self, num_layers: int | None = None) -> None:
-        self.declaration.validate(self, num_layers)
+        """The method's declared fields, types, ranges and rules; with `num_layers`, also against
+        the model's depth."""
+        validate(SCHEDULE, describe(self), root="schedule")
+        if num_layers is not None:
+            self.declaration.check_depth(self, num_layers)
 
     def stage_starts(self, num_layers: int) -> list[int]:
         """First layer of each KV-cache stage: layers of a stage share one cache length."""
@@ -151,37 +134,12 @@ class Method:
     name: ClassVar[str]
     kind: ClassVar[str]  # "selector" | "schedule"
     summary: ClassVar[str]
-    fields: ClassVar[tuple[Field, ...]] = ()
-    # Fields every method of the kind accepts (checked, not listed as the method's own).
-    shared: ClassVar[tuple[Field, ...]] = ()
-    # Fields given all together or not at all (e.g. a fixed budget made of three counts).
-    together: ClassVar[tuple[str, ...]] = ()
-    spec_type: ClassVar[type]
-
-    def owner(self) -> str:
-        return f"{self.kind} {self.name}"
+    # Recipe fields the method takes (the spec's other fields stay at their defaults), as data.
+    fields: ClassVar[dict[str, Field]] = {}
+    rules: ClassVar[tuple[Rule, ...]] = ()  # cross-field rules on the (type-checked) fields
 
     def error(self, message: str) -> UserError:
         return UserError(f"{self.name} {message}")
-
-    def validate(self, spec, num_layers: int | None = None) -> None:
-        """Declared fields in range; a field the method does not take left at its default."""
-        declared = [f.name for f in self.fields]
-        for f in fields(self.spec_type):
-            if f.name == "method" or f.name in declared or f.name in {s.name for s in self.shared}:
-                continue
-            if getattr(spec, f.name) != f.default:
-                takes = ", ".join(declared) or "no fields"
-                raise UserError(f"{self.owner()} takes {takes} only, not {f.name}")
-        for f in (*self.fields, *self.shared):
-            f.check(self.owner(), getattr(spec, f.name))
-        given = {getattr(spec, name) is None for name in self.together}
-        if len(given) > 1:
-            raise UserError(f"{self.name}: give {_and(self.together)} together (fixed budget) or none")
-        self.check(spec, num_layers)
-
-    def check(self, spec, num_layers: int | None) -> None:
-        """Rules across fields or against the model (override where there are any)."""
 
 
 @dataclass(frozen=True)
@@ -218,9 +176,6 @@ class Selection:
 
 class Selector(Method):
     kind = "selector"
-    spec_type = SelectorSpec
-    # The order field predates per-method fields and was accepted by every selector; PruMerge reads it.
-    shared = (ORDER,)
     probe: ClassVar[VisionProbe] = VisionProbe()
 
     def adaptive(self, spec: SelectorSpec) -> bool:
@@ -236,11 +191,13 @@ class Selector(Method):
 
 class Schedule(Method):
     kind = "schedule"
-    spec_type = ScheduleSpec
     position_policy: ClassVar[str]  # "original" (gaps) | "renumbered" (contiguous after each drop)
     # How `vtpexport calibrate` meets a FLOPs budget: "analytic" (`solve`, no data) or "data"
     # (FitPrune's search over calibration samples, in calibrate.py).
     calibration: ClassVar[str]
+
+    def check_depth(self, spec: ScheduleSpec, num_layers: int) -> None:
+        """UserError when the schedule's layers do not fit a model of `num_layers` layers."""
 
     def stage_starts(self, spec: ScheduleSpec, num_layers: int) -> list[int]:
         raise NotImplementedError
@@ -256,10 +213,6 @@ class Schedule(Method):
         """An analytic method's schedule meeting `budget` (calibrate's `Budget`), with the fields
         the user fixed (`fixed`, by field name), and a line saying what was solved."""
         raise NotImplementedError
-
-
-def _and(names: tuple[str, ...]) -> str:
-    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
 
 
 # --- the registry --------------------------------------------------------------------------------
@@ -314,3 +267,32 @@ def schedule_method(name: str) -> Schedule:
 def describe(spec: SelectorSpec | ScheduleSpec) -> dict:
     """The spec as a recipe stores it (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+
+
+class _Declared(Mapping):
+    """method name -> the schema Record of its declared fields, read from the registry when a
+    spec is first checked (so building the recipe schema imports no method module)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def _records(self) -> dict[str, Record]:
+        return {name: Record(m.fields, m.rules, f"a {self.kind}") for name, m in methods(self.kind).items()}
+
+    def __getitem__(self, name: str) -> Record:
+        return self._records()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(methods(self.kind))
+
+    def __len__(self) -> int:
+        return len(methods(self.kind))
+
+
+def _defaults(spec: SelectorSpec | ScheduleSpec) -> dict:
+    """What a serialised spec writes for the fields of other methods: accepted at these values only."""
+    return {key: value for key, value in describe(spec).items() if key != "method"}
+
+
+SELECTOR = Tagged("method", _Declared("selector"), _defaults(SelectorSpec("")), "a selector mapping")
+SCHEDULE = Tagged("method", _Declared("schedule"), _defaults(ScheduleSpec("")), "a schedule mapping")
