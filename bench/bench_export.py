@@ -83,9 +83,7 @@ def main() -> None:
     # Spinning ORT threads would steal the cores from the torch runs measured alternately with them.
     quiet = {"session.intra_op.allow_spinning": "0"}
     runners = {name: OrtRunner(path, session_config=quiet) for name, path in exports.items()}
-    times = alternate(
-        {name: (lambda r=r: r.run_graph("prefill", feeds)) for name, r in runners.items()}, options.repeats
-    )
+    times = alternate({name: (lambda r=r: r.run_prompt(feeds)) for name, r in runners.items()}, options.repeats)
     base_macs = exact_prefill_macs(args, None, N, PREFIX, SUFFIX)
     print(f"\n1. ONNX Runtime prefill, batch 1, P={PREFIX} + N={N} + T={SUFFIX} tokens, median of {options.repeats}")
     print(f"{'graph':26s} {'ms':>8s} {'speedup':>8s} {'FLOPs-predicted':>16s} {'achieved/predicted':>19s}")
@@ -126,7 +124,7 @@ def main() -> None:
 
     side = alternate(
         {
-            "onnxruntime": lambda: runners["unpruned"].run_graph("prefill", feeds),
+            "onnxruntime": lambda: runners["unpruned"].run_prompt(feeds),
             "ours (eager torch)": ours,
             "transformers eager": transformers_eager,
         },

@@ -13,6 +13,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vtpexport.cli import main
 from vtpexport.export.build import build_onnx
+from vtpexport.export.lint import duplicated_weights
 from vtpexport.models.loader import load_model
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
 from vtpexport.runtime.eager import check_recipe_applies, greedy_generate, image_embeddings, prepare
@@ -134,14 +135,20 @@ def test_manifest_describes_stages_and_dimensions(exports):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["position_policy"] == "renumbered"
     assert manifest["layer_stage"] == [0, 1, 2, 3]
-    decode_inputs = {t["name"]: t["dims"] for t in manifest["graphs"]["decode"]["inputs"]}
-    assert decode_inputs["past_key_values.2.key"] == ["batch", 2, "past_len_2", 16]
-    assert manifest["graphs"]["prefill"]["output_dim_expressions"]["kv_len_3"] == (
-        "prefix_len + suffix_len + ((image_tokens//8))"
+    llm_inputs = {t["name"]: t["dims"] for t in manifest["graphs"]["llm"]["inputs"]}
+    assert llm_inputs["past_key_values.2.key"] == ["batch", 2, "past_len_2", 16]
+    # Context: past_len_3 = 0, the prompt's stage-3 tokens; generation: image_tokens = 0, one more token.
+    assert manifest["graphs"]["llm"]["output_dim_expressions"]["present_len_3"] == (
+        "prefix_len + past_len_3 + suffix_len + ((image_tokens//8))"
     )
-    for name, dims in manifest["dims"].items():
-        assert dims["min"] <= dims["opt"] <= dims["max"], name
-    assert set(manifest["files"]) >= {"vision.onnx", "prefill.onnx", "decode.onnx", "recipe.yaml", "config.json"}
+    assert manifest["graphs"]["llm"]["profiles"] == ["context", "generation"]
+    for ranges in (manifest["dims"], *manifest["profiles"].values()):
+        for name, dims in ranges.items():
+            assert dims["min"] <= dims["opt"] <= dims["max"], name
+    assert manifest["profiles"]["context"]["past_len_3"] == {"min": 0, "opt": 0, "max": 0}
+    assert manifest["profiles"]["generation"]["image_tokens"] == {"min": 0, "opt": 0, "max": 0}
+    assert set(manifest["files"]) >= {"vision.onnx", "llm.onnx", "recipe.yaml", "config.json"}
+    assert duplicated_weights(folder / name for name in ("vision.onnx", "llm.onnx")) == []
 
 
 def invoke(*args):
@@ -161,10 +168,10 @@ def test_cli_build_run_verify_lint(tmp_path, image_file):
     out = tmp_path / "exported" / "fastv-tiny"
     result = invoke("build", "--recipe", recipe, "--out", out, "--trt-target", "11")
     assert result.exit_code == 0, result.output
-    assert "exporting prefill.onnx" in result.output and f"wrote {out}" in result.output
+    assert "exporting llm.onnx" in result.output and f"wrote {out}" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["opset"], manifest["trt_target"]["major"]) == (23, 11)
-    ops = [node.op_type for node in onnx.load(out / "prefill.onnx", load_external_data=False).graph.node]
+    ops = [node.op_type for node in onnx.load(out / "llm.onnx", load_external_data=False).graph.node]
     assert ops.count("Attention") == 4 and "Softmax" in ops  # FastV's one scoring row keeps its fp32 softmax
     result = invoke("run", out, "--image", image_file, "--prompt", "What?", "--max-new-tokens", 5)
     assert result.exit_code == 0, result.output
@@ -185,16 +192,16 @@ def test_cli_build_run_verify_lint(tmp_path, image_file):
     result = invoke("verify", out, "--max-new-tokens", 8)
     assert result.exit_code == 0 and "verify passed" in result.output, result.output
     result = invoke("lint", out)
-    assert result.exit_code == 0 and "3 graphs pass" in result.output, result.output
-    assert "prefill.onnx: 4 attention layers, 4 fusable" in result.output, result.output
+    assert result.exit_code == 0 and "2 graphs pass" in result.output, result.output
+    assert "llm.onnx: 4 attention layers, 4 fusable" in result.output, result.output
 
     assert_one_line_error(invoke("build", "--recipe", recipe, "--out", out), "already exists; pass --force")
     assert invoke("build", "--recipe", recipe, "--out", out, "--force").exit_code == 0
 
-    tampered = out / "decode.onnx"
+    tampered = out / "llm.onnx"
     tampered.write_bytes(tampered.read_bytes() + b"\0")
     result = invoke("verify", out)
-    assert result.exit_code == 1 and "decode.onnx (sha256 differs)" in result.output, result.output
+    assert result.exit_code == 1 and "llm.onnx (sha256 differs)" in result.output, result.output
 
 
 def test_cli_build_refuses_bad_input(tmp_path):
@@ -251,5 +258,5 @@ def test_selector_then_schedule_composes_in_export(exports):
     report = verify_export(folder, max_new_tokens=12)
     assert report.passed, report
     manifest = json.loads((folder / "manifest.json").read_text())
-    expressions = manifest["graphs"]["prefill"]["output_dim_expressions"]
-    assert expressions["kv_len_1"] == "prefix_len + image_tokens + suffix_len - ((image_tokens//3))"
+    expressions = manifest["graphs"]["llm"]["output_dim_expressions"]
+    assert expressions["present_len_1"] == "prefix_len + past_len_1 + image_tokens + suffix_len - ((image_tokens//3))"

@@ -9,7 +9,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from vtpexport.errors import UserError
-from vtpexport.export.lint import TOPK_MAX_K, LintIssue, attention_layers, format_issues, lint_model
+from vtpexport.export.lint import (
+    TOPK_MAX_K,
+    LintIssue,
+    attention_layers,
+    duplicated_weights,
+    format_issues,
+    lint_model,
+)
 
 GRAPH = "prefill.onnx"
 
@@ -334,6 +341,31 @@ def test_softmax_feeding_only_a_score_is_not_an_attention_layer():
     model = attention_model(island=False, scores_only=True)
     assert attention_layers(model) == []
     assert lint(model, {}) == []
+
+
+def test_a_weight_stored_in_two_graphs_is_reported(tmp_path):
+    """The old prefill + decode layout held the whole LLM twice; exporter constants (small) may repeat."""
+
+    def graph(path, *initializers):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 256])
+        nodes = [helper.make_node("Identity", ["x"], ["y"], name="id")]
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 256])
+        onnx.save(make_model(nodes, [x], [y], list(initializers)), path)
+        return path
+
+    def tensor(name, size):
+        return numpy_helper.from_array(np.zeros(size, np.float32), name)
+
+    weight, scale = tensor("decoder.layers.0.mlp.up_proj.weight", 256), tensor("val_3", 4)
+    prefill = graph(tmp_path / "prefill.onnx", weight, scale)
+    decode = graph(tmp_path / "decode.onnx", weight, scale)
+    vision = graph(tmp_path / "vision.onnx", tensor("vision.fc1.weight", 256), scale)
+    assert duplicated_weights([vision, prefill]) == []
+    (issue,) = duplicated_weights([vision, prefill, decode])
+    assert str(issue) == (
+        "decode.onnx: weight 'decoder.layers.0.mlp.up_proj.weight' is stored in prefill.onnx too: "
+        "every copy is loaded again"
+    )
 
 
 def test_lints_a_file_without_reading_its_external_data(tmp_path):

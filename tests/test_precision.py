@@ -36,8 +36,8 @@ FP32_OPS = {"ReduceMean", "LayerNormalization", "TopK"}
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """fp16 through the whole build (manifest included); bf16 as vision and prefill graphs only,
-    exported the same way, to keep this file fast (decode has no scoring ops of its own)."""
+    """fp16 through the whole build (manifest included); bf16 as vision and LLM graphs, exported
+    the same way without the rest of the build, to keep this file fast."""
     root = tmp_path_factory.mktemp("precision")
     selector, schedule = RECIPES["fp16"]
     recipe = write_recipe(root, MODEL, "fp16-recipe", selector, schedule)
@@ -47,7 +47,7 @@ def exports(tmp_path_factory):
     specs = graph_specs(model.args, recipe, "bfloat16")
     folders["bf16"] = root / "bf16"
     folders["bf16"].mkdir()
-    export_all(model.graph, recipe, {k: specs[k] for k in ("vision", "prefill")}, folders["bf16"], 18)
+    export_all(model.graph, recipe, {k: specs[k] for k in ("vision", "llm")}, folders["bf16"], 18)
     return folders
 
 
@@ -120,7 +120,8 @@ def _low(array: np.ndarray, precision: str) -> np.ndarray:
 @pytest.mark.parametrize("precision", sorted(RECIPES))
 @torch.no_grad()
 def test_low_precision_outputs_within_tolerance_of_fp32(exports, precision):
-    """Vision and prefill of the low-precision files against the fp32 eager graph on the same inputs."""
+    """Vision and the LLM's context phase of the low-precision files against the fp32 eager graph
+    on the same inputs."""
     folder, tolerance = exports[precision], PRECISIONS[precision].verify_tolerance
     selector, schedule = RECIPES[precision]
     reference = load_model(MODEL).graph
@@ -144,7 +145,13 @@ def test_low_precision_outputs_within_tolerance_of_fp32(exports, precision):
         "suffix_ids": suffix.numpy(),
         "suffix_mask": mask_s.numpy(),
     }
-    prefill = _run(precision, folder / "prefill.onnx", feeds)
+    spec = graph_specs(reference.args, Recipe.load(folder.parent / f"{precision}-recipe.yaml"), "float32")["llm"]
+    for tensor in spec.inputs[len(feeds) :]:  # the context phase's empty caches
+        empty = [2 if d == "batch" else (0 if isinstance(d, str) else d) for d in tensor.dims]
+        feeds[tensor.name] = (
+            _low(np.zeros(empty), precision) if tensor.dtype == "float32" else np.zeros(empty, np.int64)
+        )
+    prefill = _run(precision, folder / "llm.onnx", feeds)
     eager = reference.prefill(prefix, image, suffix, mask_p, image_mask.long(), mask_s, schedule)
     assert prefill["logits"].dtype == np.float32
     error = np.abs(prefill["logits"] - eager.logits.numpy()).max()

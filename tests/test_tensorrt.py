@@ -15,7 +15,7 @@ import vtpexport.export.tensorrt as tensorrt_build
 from vtpexport.cli import main
 from vtpexport.errors import UserError
 from vtpexport.export.manifest import changed_files, read_manifest
-from vtpexport.export.spec import ExportLimits, dim_ranges, graph_specs, stage_of_layer
+from vtpexport.export.spec import ExportLimits, dim_ranges, graph_specs, phase_ranges, stage_of_layer
 from vtpexport.export.tensorrt import (
     InputProfile,
     build_engine,
@@ -43,64 +43,80 @@ def recipe_for(method: str | None) -> Recipe | None:
 
 def manifest_for(recipe: Recipe | None, limits: ExportLimits | None = None) -> dict:
     """The parts of a manifest that profiles read, from the same declarations the exporter uses."""
-    args = architecture(MODEL)
-    ranges = dim_ranges(args, recipe, limits or ExportLimits())
+    args, limits = architecture(MODEL), limits or ExportLimits()
+
+    def named(ranges):
+        return {name: dict(zip(("min", "opt", "max"), r, strict=True)) for name, r in ranges.items()}
+
     return {
         "graphs": {name: spec.to_dict() for name, spec in graph_specs(args, recipe).items()},
-        "dims": {name: dict(zip(("min", "opt", "max"), r, strict=True)) for name, r in ranges.items()},
+        "dims": named(dim_ranges(args, recipe, limits)),
+        "profiles": {phase: named(r) for phase, r in phase_ranges(args, recipe, limits).items()},
     }
 
 
 @pytest.mark.parametrize("method", [None, *sorted(SCHEDULES)])
-def test_profiles_follow_manifest_ranges_with_a_kv_range_per_stage(method):
+def test_one_llm_engine_has_a_context_and_a_generation_profile_with_a_kv_range_per_stage(method):
     recipe = recipe_for(method)
     limits = ExportLimits(max_batch=3, max_prompt_len=50, max_new_tokens=20)
     manifest = manifest_for(recipe, limits)
     profiles = engine_profiles(manifest)
-    assert set(profiles) == {"vision", "prefill", "decode"}
-    assert profiles["prefill"]["prefix_ids"] == InputProfile((1, 1), (1, 32), (3, 50))
-    assert profiles["decode"]["input_ids"] == InputProfile((1, 1), (1, 1), (3, 1))
+    assert {graph: list(named) for graph, named in profiles.items()} == {
+        "vision": ["default"],
+        "llm": ["context", "generation"],
+    }
+    context, generation = profiles["llm"]["context"], profiles["llm"]["generation"]
+    # Context: the prompt after empty caches; generation: one token as the suffix, no prefix, no image.
+    assert context["prefix_ids"] == InputProfile((1, 1), (1, 32), (3, 50))
+    assert generation["prefix_ids"] == InputProfile((1, 0), (1, 0), (3, 0))
+    assert generation["image_embeds"].max[1] == 0 and context["image_embeds"].min[1] > 0
+    assert generation["suffix_ids"] == InputProfile((1, 1), (1, 1), (3, 1))
     args = architecture(MODEL)
     stages = stage_of_layer(recipe.schedule if recipe else None, args.text.num_layers)
     expected_stages = {None: 1, "fitprune": 3, "pyramiddrop": 4, "fastv": 2}[method]
     assert stages[-1] + 1 == expected_stages
     kv_max = []
     for stage in range(expected_stages):
-        r = manifest["dims"][f"past_len_{stage}"]
+        r = manifest["profiles"]["generation"][f"past_len_{stage}"]
         kv_max.append(r["max"])
         layers = [i for i, s in enumerate(stages) if s == stage]
         for layer in layers:
-            key = profiles["decode"][f"past_key_values.{layer}.key"]
+            key = generation[f"past_key_values.{layer}.key"]
             assert key.min[2] == r["min"] and key.opt[2] == r["opt"] and key.max[2] == r["max"]
             assert key.max == (3, args.text.num_kv_heads, r["max"], args.text.head_dim)
-        assert profiles["decode"][f"past_mask.{stage}"].max == (3, r["max"])
+            assert context[f"past_key_values.{layer}.key"].max[2] == 0
+        assert generation[f"past_mask.{stage}"].max == (3, r["max"])
     # Pruning shortens later stages' caches: their ranges shrink with the schedule.
     assert kv_max == sorted(kv_max, reverse=True)
     if method is not None:
         assert kv_max[-1] < kv_max[0]
-    for shapes in profiles.values():
-        for p in shapes.values():
-            assert all(lo <= op <= hi for lo, op, hi in zip(p.min, p.opt, p.max, strict=True))
-    # prefill's outputs feed decode: its KV output dims are decode's input dims by name.
-    assert manifest["graphs"]["prefill"]["outputs"][1]["dims"][2] == "kv_len_0"
+    for named in profiles.values():
+        for shapes in named.values():
+            for p in shapes.values():
+                assert all(lo <= op <= hi for lo, op, hi in zip(p.min, p.opt, p.max, strict=True))
+    # Each call's caches feed the next: the KV output dims are per-stage, like the inputs'.
+    assert manifest["graphs"]["llm"]["outputs"][1]["dims"][2] == "present_len_0"
 
 
 def test_ort_tensorrt_provider_gets_the_same_profiles(tmp_path):
     from vtpexport.runtime.ort import tensorrt_provider_options
 
     manifest = manifest_for(recipe_for("pyramiddrop"))
-    options = tensorrt_provider_options(tmp_path, manifest, "decode")
-    r, text = manifest["dims"]["past_len_3"], architecture(MODEL).text
-    assert f"past_key_values.3.key:4x{text.num_kv_heads}x{r['max']}x{text.head_dim}" in options[
-        "trt_profile_max_shapes"
-    ].split(",")
-    assert options["trt_profile_min_shapes"].startswith("input_ids:1x1,past_mask.0:1x")
+    options = tensorrt_provider_options(tmp_path, manifest, "llm")
+    r, text = manifest["profiles"]["generation"]["past_len_3"], architecture(MODEL).text
+    maxima = options["trt_profile_max_shapes"].split(",")
+    # One entry per profile and input: the context profile's empty caches, then the generation profile's.
+    assert maxima.count(f"past_key_values.3.key:4x{text.num_kv_heads}x0x{text.head_dim}") == 1
+    assert maxima.count(f"past_key_values.3.key:4x{text.num_kv_heads}x{r['max']}x{text.head_dim}") == 1
+    assert [m.split(":")[0] for m in maxima].count("prefix_ids") == 2
+    assert options["trt_profile_min_shapes"].startswith("prefix_ids:1x1,prefix_mask:1x1,")
 
 
 def test_profiles_are_refused_before_any_build(tmp_path):
     manifest = manifest_for(recipe_for("fastv"))
     manifest["dims"]["prefix_len"] = {"min": 8, "opt": 4, "max": 16}
-    with pytest.raises(UserError, match=r"prefill profile: input prefix_ids axis 1 has min/opt/max 8/4/16"):
+    manifest["profiles"]["context"]["prefix_len"] = {"min": 8, "opt": 4, "max": 16}
+    with pytest.raises(UserError, match=r"llm context profile: input prefix_ids axis 1 has min/opt/max 8/4/16"):
         check_profiles(tmp_path, manifest, engine_profiles(manifest))
     del manifest["dims"]["suffix_len"]
     with pytest.raises(UserError, match="no range for dimension suffix_len"):
@@ -125,14 +141,21 @@ def test_network_is_strongly_typed_by_name_on_every_version(version):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_build_engine_calls_on_each_version(tmp_path, version, precision):
     trt = fake_tensorrt(version)
-    profile = {"prefix_ids": InputProfile((1, 1), (1, 32), (4, 256))}
-    engine, cache = build_engine(trt, tmp_path / "prefill.onnx", profile, precision, 1 << 30, b"old;")
-    assert engine == f"engine of prefill.onnx (TensorRT {version})".encode()
-    assert cache == b"old;prefill.onnx;"
+    profiles = {
+        "context": {"prefix_ids": InputProfile((1, 1), (1, 32), (4, 256))},
+        "generation": {"prefix_ids": InputProfile((1, 0), (1, 0), (4, 0))},
+    }
+    engine, cache = build_engine(trt, tmp_path / "llm.onnx", profiles, precision, 1 << 30, b"old;")
+    assert engine == f"engine of llm.onnx (TensorRT {version})".encode()
+    assert cache == b"old;llm.onnx;"
     calls = trt.calls
     assert ("create_network", network_flags(trt)) in calls
     assert ("set_memory_pool_limit", trt.MemoryPoolType.WORKSPACE, 1 << 30) in calls
-    assert ("add_optimization_profile", {"prefix_ids": ((1, 1), (1, 32), (4, 256))}) in calls
+    # One engine, both profiles, in the order the runner selects them by.
+    assert [c[1] for c in calls if c[0] == "add_optimization_profile"] == [
+        {"prefix_ids": ((1, 1), (1, 32), (4, 256))},
+        {"prefix_ids": ((1, 0), (1, 0), (4, 0))},
+    ]
     assert ("create_timing_cache", b"old;") in calls
     # Precision is the graph's: no precision flag is ever set, and fp32 turns TF32 off.
     assert not [c for c in calls if c[0] == "set_flag"]
@@ -141,8 +164,8 @@ def test_build_engine_calls_on_each_version(tmp_path, version, precision):
 
 def test_parser_and_builder_errors_name_the_node(tmp_path):
     trt = fake_tensorrt("11.1.0", parse_errors=[ParserError(17, "node_TopK_3", "TopK", "K exceeds the maximum")])
-    with pytest.raises(UserError, match=r"cannot parse decode.onnx: node 17 'node_TopK_3' \(TopK\): K exceeds"):
-        build_engine(trt, tmp_path / "decode.onnx", {}, "fp16", 1 << 20, b"")
+    with pytest.raises(UserError, match=r"cannot parse llm.onnx: node 17 'node_TopK_3' \(TopK\): K exceeds"):
+        build_engine(trt, tmp_path / "llm.onnx", {}, "fp16", 1 << 20, b"")
     trt = fake_tensorrt("10.16.0", build_error="[node_softmax_2]: no implementation for this shape")
     with pytest.raises(UserError, match=r"could not build vision.onnx: \[node_softmax_2\]: no implementation"):
         build_engine(trt, tmp_path / "vision.onnx", {}, "fp32", 1 << 20, b"")
@@ -182,10 +205,10 @@ def test_build_trt_without_tensorrt_writes_the_export_and_says_how_to_finish(ref
     )
     manifest = read_manifest(out)
     assert changed_files(out, manifest) == []
-    assert {"vision.onnx", "prefill.onnx", "decode.onnx", "profiles.json"} <= set(manifest["files"])
+    assert {"vision.onnx", "llm.onnx", "profiles.json"} <= set(manifest["files"])
     profiles = json.loads((out / "profiles.json").read_text())
-    derived = engine_profiles(manifest)
-    assert profiles["decode"]["past_key_values.3.key"]["max"] == list(derived["decode"]["past_key_values.3.key"].max)
+    derived = engine_profiles(manifest)["llm"]["generation"]["past_key_values.3.key"]
+    assert profiles["llm"]["generation"]["past_key_values.3.key"]["max"] == list(derived.max)
     assert "tensorrt" not in manifest and not list(out.glob("*.plan"))
 
 
@@ -215,15 +238,16 @@ def test_build_from_without_gpu_refuses_then_builds_with_fake_tensorrt(refused_e
         "gpu": "Fake GPU",
         "compute_capability": "8.9",
         "workspace_bytes": None,
-        "engines": {"vision": "vision.plan", "prefill": "prefill.plan", "decode": "decode.plan"},
+        "engines": {"vision": "vision.plan", "llm": "llm.plan"},
         "profiles": "profiles.json",
     }
-    assert (folder / "decode.plan").read_bytes() == b"engine of decode.onnx (TensorRT 11.1.0)"
-    assert changed_files(folder, manifest) == [] and "decode.plan" in manifest["files"]
-    # One cache across the three builds, saved, then loaded by the next build.
-    assert cache.read_bytes() == b"vision.onnx;prefill.onnx;decode.onnx;"
+    assert (folder / "llm.plan").read_bytes() == b"engine of llm.onnx (TensorRT 11.1.0)"
+    assert changed_files(folder, manifest) == [] and "llm.plan" in manifest["files"]
+    assert "building llm.plan" in result.output and "profiles context, generation" in result.output
+    # One cache across the two builds, saved, then loaded by the next build.
+    assert cache.read_bytes() == b"vision.onnx;llm.onnx;"
     assert invoke("build", "--from", folder, "--engine", "trt", "--timing-cache", cache).exit_code == 0
-    assert cache.read_bytes().startswith(b"vision.onnx;prefill.onnx;decode.onnx;vision.onnx;")
+    assert cache.read_bytes().startswith(b"vision.onnx;llm.onnx;vision.onnx;")
 
     # Engines from a fake TensorRT cannot run here, and the runner says why in one line.
     monkeypatch.setitem(sys.modules, "tensorrt", None)
@@ -240,12 +264,12 @@ def test_build_from_refuses_a_tampered_export_and_wrong_options(refused_export, 
         patch.setitem(sys.modules, "tensorrt", fake_tensorrt("11.1.0"))
         patch.setattr(lint, "TOPK_MAX_K", 4)  # FastV's selection now breaks TensorRT's TopK limit
         line = one_error_line(invoke("build", "--from", folder, "--engine", "trt"))
-        assert "prefill.onnx fails the TensorRT lint over its profile" in line and "TopK" in line
+        assert "llm.onnx fails the TensorRT lint over its profile" in line and "TopK" in line
         assert not list(folder.glob("*.plan"))
     assert "--from needs --engine trt or --triton-repo" in one_error_line(invoke("build", "--from", folder))
     assert "do not apply" in one_error_line(invoke("build", "--from", folder, "--engine", "trt", "--model", MODEL))
-    (folder / "prefill.onnx").write_bytes(b"changed")
-    assert "prefill.onnx (sha256 differs)" in one_error_line(invoke("build", "--from", folder, "--engine", "trt"))
+    (folder / "llm.onnx").write_bytes(b"changed")
+    assert "llm.onnx (sha256 differs)" in one_error_line(invoke("build", "--from", folder, "--engine", "trt"))
 
 
 def test_trt_backend_on_an_export_without_engines(refused_export, image_file):
@@ -271,8 +295,8 @@ def test_triton_repo_configs_parse_with_tritons_model_config(refused_export, tmp
     assert result.exit_code == 0, result.output
     manifest = read_manifest(out)
     models = sorted(p.name for p in repo.iterdir())
-    assert models == ["fastv_decode", "fastv_generate", "fastv_prefill", "fastv_vision"]
-    for graph in ("vision", "prefill", "decode"):
+    assert models == ["fastv_generate", "fastv_llm", "fastv_vision"]
+    for graph in ("vision", "llm"):
         config = parse_config(repo / f"fastv_{graph}" / "config.pbtxt")
         assert config.name == f"fastv_{graph}" and config.backend == "onnxruntime"
         assert (repo / f"fastv_{graph}" / "1" / "model.onnx").read_bytes() == (out / f"{graph}.onnx").read_bytes()
@@ -284,7 +308,7 @@ def test_triton_repo_configs_parse_with_tritons_model_config(refused_export, tmp
                 assert value.data_type == parse_config_type(tensor["dtype"])
     generate = parse_config(repo / "fastv_generate" / "config.pbtxt")
     assert generate.backend == "python" and [i.name for i in generate.input] == ["image", "prompt", "max_new_tokens"]
-    assert json.loads(generate.parameters["graph_models"].string_value)["decode"] == "fastv_decode"
+    assert json.loads(generate.parameters["graph_models"].string_value)["llm"] == "fastv_llm"
     assert (repo / "fastv_generate" / "1" / "export" / "tokenizer.json").is_file()
     assert not list((repo / "fastv_generate" / "1" / "export").glob("*.onnx"))
     assert "already exists" in one_error_line(invoke("build", "--from", out, "--triton-repo", repo))
@@ -306,11 +330,13 @@ def test_triton_repo_uses_engines_when_built(refused_export, tmp_path, monkeypat
     monkeypatch.setattr(tensorrt_build, "cuda_device", lambda: ("Fake GPU", "9.0"))
     result = invoke("build", "--from", folder, "--engine", "trt", "--triton-repo", tmp_path / "repo")
     assert result.exit_code == 0, result.output
-    config = parse_config(tmp_path / "repo" / "fastv_prefill" / "config.pbtxt")
+    config = parse_config(tmp_path / "repo" / "fastv_llm" / "config.pbtxt")
     assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
     assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
-    plan = tmp_path / "repo" / "fastv_prefill" / "1" / "model.plan"
-    assert plan.read_bytes() == b"engine of prefill.onnx (TensorRT 10.16.0)"
+    assert list(config.instance_group[0].profile) == ["0", "1"]  # context, generation: one engine
+    assert list(parse_config(tmp_path / "repo" / "fastv_vision" / "config.pbtxt").instance_group[0].profile) == []
+    plan = tmp_path / "repo" / "fastv_llm" / "1" / "model.plan"
+    assert plan.read_bytes() == b"engine of llm.onnx (TensorRT 10.16.0)"
 
 
 def test_triton_python_model_generates_like_the_ort_runner(refused_export, tmp_path, monkeypatch, image_file):
@@ -393,4 +419,4 @@ def test_triton_python_model_generates_like_the_ort_runner(refused_export, tmp_p
     expected = runner.tokenizer.decode(
         runner.generate(runner.prepare([pil], ["What is it?"], 6), 6)[0], skip_special_tokens=True
     ).strip()
-    assert text == expected and set(sessions) == {"fastv_vision", "fastv_prefill", "fastv_decode"}
+    assert text == expected and set(sessions) == {"fastv_vision", "fastv_llm"}

@@ -283,10 +283,10 @@ def verify(export_dir, model_spec, weights, data, max_new_tokens, tolerance, bac
 @click.argument("export_dir")
 def lint(export_dir: str) -> None:
     """Static TensorRT-compatibility check of an export's graphs; counts each graph's attention
-    layers and how many are in a form TensorRT fuses."""
+    layers and how many are in a form TensorRT fuses, and refuses a weight stored twice."""
     from pathlib import Path
 
-    from .export.lint import attention_layers, format_issues, lint_model
+    from .export.lint import attention_layers, duplicated_weights, format_issues, lint_model
     from .export.manifest import read_manifest
 
     manifest = read_manifest(export_dir)
@@ -300,6 +300,7 @@ def lint(export_dir: str) -> None:
         layers = attention_layers(path)
         fusable = sum(layer.fusable for layer in layers)
         click.echo(f"{graph['file']}: {len(layers)} attention layers, {fusable} fusable")
+    issues += duplicated_weights(Path(export_dir) / graph["file"] for graph in manifest["graphs"].values())
     if issues:
         click.echo(format_issues(issues).rstrip())
         reason = manifest.get("onnx_runtime_only")

@@ -21,11 +21,11 @@ from ..models.text_encoder import TEXT_TOKENIZER, attach_text_encoder
 from ..recipe import Recipe
 from ..runtime.eager import check_recipe_applies
 from .attention import attention_target
-from .lint import format_issues, lint_model
+from .lint import duplicated_weights, format_issues, lint_model
 from .manifest import write_manifest
 from .onnx_export import IR_VERSION, export_all
 from .precision import precision as find_precision
-from .spec import ExportLimits, dim_ranges, graph_specs, image_token_range, stage_of_layer
+from .spec import ExportLimits, dim_ranges, graph_specs, image_token_range, phase_ranges, stage_of_layer
 from .tensorrt import PROFILES, engine_profiles, profiles_json
 
 # Files a model folder carries besides weights that the runtime needs.
@@ -99,7 +99,8 @@ def build_onnx(
             recipe.save(staging / "recipe.yaml")
         if "text_encoder" in specs:
             model.text_encoder.tokenizer.save_pretrained(staging / TEXT_TOKENIZER)
-        ranges = dim_ranges(args, recipe, limits or ExportLimits(), text.args if text else None)
+        limits = limits or ExportLimits()
+        ranges = dim_ranges(args, recipe, limits, text.args if text else None)
         onnx_runtime_only = _onnx_runtime_only(recipe)
         if onnx_runtime_only:
             report(f"note: {onnx_runtime_only}")
@@ -115,9 +116,10 @@ def build_onnx(
                 for_tensorrt=not (onnx_runtime_only and name == "vision"),
             )
         ]
+        issues += duplicated_weights([staging / f"{name}.onnx" for name in specs])
         if issues:
             raise UserError(f"lint failed ({len(issues)} issue(s)): {format_issues(issues[:1]).strip()}")
-        content = _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, chosen.name, target)
+        content = _manifest(model, model_spec, recipe, specs, expressions, ranges, limits, opset, chosen.name, target)
         (staging / PROFILES).write_text(profiles_json(engine_profiles(content)))
         write_manifest(staging, content)
     return destination
@@ -134,7 +136,11 @@ def _onnx_runtime_only(recipe: Recipe | None) -> str | None:
     )
 
 
-def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, precision, target) -> dict:
+def _ranges(ranges: dict[str, tuple[int, int, int]]) -> dict[str, dict[str, int]]:
+    return {name: dict(zip(("min", "opt", "max"), r, strict=True)) for name, r in ranges.items()}
+
+
+def _manifest(model, model_spec, recipe, specs, expressions, ranges, limits, opset, precision, target) -> dict:
     args = model.args
     schedule = recipe.schedule if recipe else None
     n_min, n_opt, n_max = image_token_range(args, None)
@@ -177,7 +183,9 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, prec
             name: {**spec.to_dict(), "file": f"{name}.onnx", "output_dim_expressions": expressions[name]}
             for name, spec in specs.items()
         },
-        "dims": {name: dict(zip(("min", "opt", "max"), r, strict=True)) for name, r in ranges.items()},
+        "dims": _ranges(ranges),  # over every phase: what the lint bounds and the runtime checks
+        # The LLM graph's optimization profiles (its `profiles` list names them), one per phase.
+        "profiles": {phase: _ranges(r) for phase, r in phase_ranges(model.args, recipe, limits).items()},
         "image_tokens": {
             "image_token_id": args.image_token_id,
             "rule": "anyres" if args.family == "llava-next" else "fixed",

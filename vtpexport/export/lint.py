@@ -194,6 +194,33 @@ def _attention_layers(graph: onnx.GraphProto) -> list[AttentionLayer]:
     return layers
 
 
+# Below this size an initializer is an exporter constant (a scale, a shape), not a weight.
+WEIGHT_MIN_BYTES = 1024
+
+
+def duplicated_weights(paths: Iterable[str | Path]) -> list[LintIssue]:
+    """One issue per weight stored in more than one of an export's graphs (each graph loads its own
+    copy; two TensorRT engines cannot share one). Weights keep the module parameter's name in
+    every graph, so a name, shape and type seen twice is one weight stored twice. Graphs are read
+    without their external data."""
+    seen: dict[tuple, str] = {}
+    issues = []
+    for path in paths:
+        model = _load(path)
+        for tensor in model.graph.initializer:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            if math.prod(tensor.dims) * itemsize < WEIGHT_MIN_BYTES:
+                continue
+            key = (tensor.name, tuple(tensor.dims), tensor.data_type)
+            graph = Path(path).name
+            if key in seen:
+                message = f"weight '{tensor.name}' is stored in {seen[key]} too: every copy is loaded again"
+                issues.append(LintIssue(graph, "", "", message))
+            else:
+                seen[key] = graph
+    return sorted(issues)
+
+
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model

@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..files import sha256
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: one llm graph (context and generation profiles) instead of prefill + decode
 
 
 def library_versions() -> dict[str, str]:

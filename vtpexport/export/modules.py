@@ -71,36 +71,25 @@ def _stage_outputs(caches: list[LayerCache], stages: list[int]) -> list[Tensor]:
     return out
 
 
-class PrefillGraph(nn.Module):
+class LlmGraph(nn.Module):
+    """Both LLM phases (see `spec.llm_spec`): the prompt segment after per-stage past caches."""
+
     def __init__(self, llava: LlavaGraph, recipe: Recipe | None):
         super().__init__()
         self.llava = llava
         self.schedule = recipe.schedule if recipe else None
         self.stages = stage_of_layer(self.schedule, llava.args.text.num_layers)
 
-    def forward(self, prefix_ids, prefix_mask, image_embeds, suffix_ids, suffix_mask):
-        image_mask = torch.ones(image_embeds.shape[:2], dtype=prefix_mask.dtype, device=prefix_mask.device)
-        out = self.llava.prefill(
-            prefix_ids, image_embeds, suffix_ids, prefix_mask, image_mask, suffix_mask, self.schedule
-        )
-        kv = [t for cache in out.caches for t in (cache.key, cache.value)]
-        return (out.logits.float(), *kv, *_stage_outputs(out.caches, self.stages))
-
-
-class DecodeGraph(nn.Module):
-    def __init__(self, llava: LlavaGraph, recipe: Recipe | None):
-        super().__init__()
-        self.llava = llava
-        schedule = recipe.schedule if recipe else None
-        self.stages = stage_of_layer(schedule, llava.args.text.num_layers)
-
-    def forward(self, input_ids: Tensor, *past: Tensor):
+    def forward(self, prefix_ids, prefix_mask, image_embeds, suffix_ids, suffix_mask, *past: Tensor):
         num_stages = self.stages[-1] + 1
         masks, positions = past[0 : 2 * num_stages : 2], past[1 : 2 * num_stages : 2]
         kv = past[2 * num_stages :]
         caches = [
             LayerCache(kv[2 * i], kv[2 * i + 1], masks[stage], positions[stage]) for i, stage in enumerate(self.stages)
         ]
-        out = self.llava.decode(input_ids, caches)
+        image_mask = torch.ones(image_embeds.shape[:2], dtype=prefix_mask.dtype, device=prefix_mask.device)
+        out = self.llava.prefill(
+            prefix_ids, image_embeds, suffix_ids, prefix_mask, image_mask, suffix_mask, self.schedule, past=caches
+        )
         kv_out = [t for cache in out.caches for t in (cache.key, cache.value)]
         return (out.logits.float(), *kv_out, *_stage_outputs(out.caches, self.stages))

@@ -17,7 +17,7 @@ from ..graph.text_encoder import ClipTextEncoder
 from ..models.anyres import num_tiles, packing_index
 from ..recipe import Recipe
 from .attention import TARGETS, AttentionTarget
-from .modules import DecodeGraph, PrefillGraph, TextEncoderGraph, vision_graph
+from .modules import LlmGraph, TextEncoderGraph, vision_graph
 from .spec import GraphSpec
 
 # ONNX Runtime 1.31 rejects the IR 14 that onnx 1.23 writes by default; TensorRT takes 10 too.
@@ -78,13 +78,23 @@ def example_inputs(
     suffix = torch.randint(0, vocab, (2, 7), generator=generator)
     prefix_mask = torch.ones_like(prefix)
     prefix_mask[1, :2] = 0  # left padding in one row
-    prefill = (prefix, prefix_mask, image_embeds, suffix, torch.ones_like(suffix))
+    prompt = (prefix, prefix_mask, image_embeds, suffix, torch.ones_like(suffix))
+    llm = LlmGraph(llava, recipe)
     with torch.no_grad():
-        out = PrefillGraph(llava, recipe)(*prefill)
+        out = llm(*prompt, *empty_past(llm, batch=2, dtype=image_embeds.dtype))
     num_layers = args.text.num_layers
     kv, stage_tensors = out[1 : 1 + 2 * num_layers], out[1 + 2 * num_layers :]
-    decode = (out[0].argmax(-1, keepdim=True), *stage_tensors, *kv)
-    return inputs | {"vision": vision, "prefill": prefill, "decode": decode}
+    # Traced with a prompt after full caches, so that no dimension is 0 (a 0 would be specialised):
+    # the graph is the same for the context phase (empty caches) and the generation phase (no prompt).
+    return inputs | {"vision": vision, "llm": (*prompt, *stage_tensors, *kv)}
+
+
+def empty_past(llm: LlmGraph, batch: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The context phase's caches: every stage's mask and positions, then every layer's key and value, empty."""
+    t = llm.llava.args.text
+    stages = [torch.zeros(batch, 0, dtype=torch.long) for _ in range(2 * (llm.stages[-1] + 1))]
+    kv = [torch.zeros(batch, t.num_kv_heads, 0, t.head_dim, dtype=dtype) for _ in range(2 * t.num_layers)]
+    return stages + kv
 
 
 def _quiet_exporter():
@@ -162,8 +172,7 @@ def export_all(
     modules = {
         "text_encoder": lambda: TextEncoderGraph(text_encoder),
         "vision": lambda: vision_graph(llava, recipe, text_encoder),
-        "prefill": lambda: PrefillGraph(llava, recipe),
-        "decode": lambda: DecodeGraph(llava, recipe),
+        "llm": lambda: LlmGraph(llava, recipe),
     }
     expressions = {}
     for name, spec in specs.items():

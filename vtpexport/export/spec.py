@@ -23,9 +23,12 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    name: str  # file stem: vision, prefill, decode, text_encoder
+    name: str  # file stem: vision, llm, text_encoder
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    profiles: tuple[
+        str, ...
+    ] = ()  # its optimization profiles, named in the manifest's `profiles`; () is one from `dims`
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,30 +98,26 @@ def _stage_tensors(prefix: str, count: int, length: str):
     )
 
 
-def prefill_spec(args: LlavaArgs, recipe: Recipe | None, dtype: str) -> GraphSpec:
+LLM = "llm"  # the LLM graph's name; the others are vision and text_encoder
+# The LLM graph's two phases, TensorRT-LLM's names for them (one optimization profile each):
+# context runs the prompt after empty caches; generation runs one token after full ones.
+PHASES = ("context", "generation")
+
+
+def llm_spec(args: LlavaArgs, recipe: Recipe | None, dtype: str) -> GraphSpec:
+    """The LLM in one graph, so each weight is stored and loaded once: the prompt segment
+    [prefix | image | suffix] after per-stage past caches. The context phase feeds the prompt
+    and empty caches; the generation phase feeds the new token as a one-token suffix, no prefix
+    and no image, after the caches the previous call returned."""
     schedule = recipe.schedule if recipe else None
     stages = stage_of_layer(schedule, args.text.num_layers)
+    layers = range(args.text.num_layers)
     inputs = (
         TensorSpec("prefix_ids", "int64", ("batch", "prefix_len")),
         TensorSpec("prefix_mask", "int64", ("batch", "prefix_len")),
         TensorSpec("image_embeds", dtype, ("batch", "image_tokens", args.text.hidden_size)),
         TensorSpec("suffix_ids", "int64", ("batch", "suffix_len")),
         TensorSpec("suffix_mask", "int64", ("batch", "suffix_len")),
-    )
-    outputs = (
-        TensorSpec("logits", "float32", ("batch", args.text.vocab_size)),
-        *_kv("present", range(args.text.num_layers), stages, "kv_len", args, dtype),
-        *_stage_tensors("present", stages[-1] + 1, "kv_len"),
-    )
-    return GraphSpec("prefill", inputs, outputs)
-
-
-def decode_spec(args: LlavaArgs, recipe: Recipe | None, dtype: str) -> GraphSpec:
-    schedule = recipe.schedule if recipe else None
-    stages = stage_of_layer(schedule, args.text.num_layers)
-    layers = range(args.text.num_layers)
-    inputs = (
-        TensorSpec("input_ids", "int64", ("batch", 1)),
         *_stage_tensors("past", stages[-1] + 1, "past_len"),
         *_kv("past_key_values", layers, stages, "past_len", args, dtype),
     )
@@ -127,7 +126,7 @@ def decode_spec(args: LlavaArgs, recipe: Recipe | None, dtype: str) -> GraphSpec
         *_kv("present", layers, stages, "present_len", args, dtype),
         *_stage_tensors("present", stages[-1] + 1, "present_len"),
     )
-    return GraphSpec("decode", inputs, outputs)
+    return GraphSpec(LLM, inputs, outputs, PHASES)
 
 
 def graph_specs(
@@ -141,8 +140,7 @@ def graph_specs(
     adaptive = recipe is not None and recipe.selector is not None and recipe.selector.adaptive
     specs = (
         vision_spec(args, dtype, text, adaptive),
-        prefill_spec(args, recipe, dtype),
-        decode_spec(args, recipe, dtype),
+        llm_spec(args, recipe, dtype),
     )
     if text is not None:
         specs = (text_encoder_spec(text, dtype), *specs)
@@ -176,16 +174,37 @@ def max_tiles(args: LlavaArgs) -> int:
 def dim_ranges(
     args: LlavaArgs, recipe: Recipe | None, limits: ExportLimits, text: ClipTextArgs | None = None
 ) -> dict[str, tuple[int, int, int]]:
-    """(min, opt, max) of every dynamic input dimension: the TensorRT optimization profiles."""
+    """(min, opt, max) of every dynamic input dimension over both LLM phases (what the lint
+    bounds): the union of `phase_ranges`, with the vision graph's dimensions."""
     n_min, n_opt, n_max = image_token_range(args, recipe)
-    prompt = (1, limits.opt_prompt_len, limits.max_prompt_len)
     ranges = {
         "batch": (1, limits.opt_batch, limits.max_batch),
-        "prefix_len": prompt,
-        "suffix_len": prompt,
         "image_tokens": (n_min, n_opt, n_max),
         "tiles": (1, max_tiles(args), max_tiles(args)),
     }
+    if args.family != "llava-next":
+        del ranges["tiles"]
+    context, generation = (phase_ranges(args, recipe, limits)[phase] for phase in PHASES)
+    for name in context:
+        ranges[name] = tuple(f(context[name][i], generation[name][i]) for i, f in enumerate((min, max, max)))
+    if text is not None and recipe is not None and recipe.selector is not None and recipe.selector.text_guided:
+        # BOS + EOS at least; questions longer than the tower's context are truncated.
+        ranges["text_len"] = (2, min(limits.opt_prompt_len, text.max_position_embeddings), text.max_position_embeddings)
+    return ranges
+
+
+def phase_ranges(
+    args: LlavaArgs, recipe: Recipe | None, limits: ExportLimits
+) -> dict[str, dict[str, tuple[int, int, int]]]:
+    """(min, opt, max) of the LLM graph's dimensions in each phase: its TensorRT optimization
+    profiles. Context: a prompt after empty caches; generation: one token after the caches of a
+    prompt and up to max_new_tokens - 1 earlier steps (each stage its own length)."""
+    n_min, n_opt, n_max = image_token_range(args, recipe)
+    batch = (1, limits.opt_batch, limits.max_batch)
+    prompt = (1, limits.opt_prompt_len, limits.max_prompt_len)
+    empty = (0, 0, 0)
+    context = {"batch": batch, "prefix_len": prompt, "image_tokens": (n_min, n_opt, n_max), "suffix_len": prompt}
+    generation = {"batch": batch, "prefix_len": empty, "image_tokens": empty, "suffix_len": (1, 1, 1)}
     schedule = recipe.schedule if recipe else None
     layers = args.text.num_layers
     starts = schedule.stage_starts(layers) if schedule else [0]
@@ -196,17 +215,13 @@ def dim_ranges(
         low += 2
         opt += 2 * limits.opt_prompt_len + limits.max_new_tokens // 2
         high += 2 * limits.max_prompt_len + limits.max_new_tokens - 1
-        ranges[f"past_len_{stage}"] = (low, min(opt, high), high)
-    if args.family != "llava-next":
-        del ranges["tiles"]
-    if text is not None and recipe is not None and recipe.selector is not None and recipe.selector.text_guided:
-        # BOS + EOS at least; questions longer than the tower's context are truncated.
-        ranges["text_len"] = (2, min(limits.opt_prompt_len, text.max_position_embeddings), text.max_position_embeddings)
-    return ranges
+        context[f"past_len_{stage}"] = empty
+        generation[f"past_len_{stage}"] = (low, min(opt, high), high)
+    return {"context": context, "generation": generation}
 
 
-def decode_input_name(output_name: str) -> str:
-    """The decode input fed by a prefill or decode output of this name (present -> past)."""
+def past_input_name(output_name: str) -> str:
+    """The LLM input the next generation step feeds with this output of the last call (present -> past)."""
     if output_name.startswith("present."):
         return "past_key_values." + output_name[len("present.") :]
     return output_name.replace("present_", "past_", 1)

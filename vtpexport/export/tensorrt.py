@@ -6,9 +6,11 @@ name (11 removed the precision builder flags and EXPLICIT_BATCH, and its network
 strongly typed), and precision comes from the graph itself (`export/precision.py`), never
 from builder flags.
 
-Optimization profiles come from the manifest's dimension ranges, one profile per engine
-(prefill and decode are separate engines, each with its own per-stage KV lengths), and are
-checked (min <= opt <= max, the lint's limits) before any build starts.
+Optimization profiles come from the manifest's dimension ranges: one per engine for vision
+(and the text encoder), and two for the one LLM engine, as TensorRT-LLM and TensorRT-Edge-LLM
+build theirs: context (the prompt after empty caches) and generation (one token after caches
+with their own per-stage lengths), so its weights are in GPU memory once. They are checked
+(min <= opt <= max, the lint's limits) before any build starts.
 """
 
 from __future__ import annotations
@@ -43,38 +45,45 @@ def engine_file(graph: str) -> str:
     return f"{graph}.plan"
 
 
-def engine_profiles(manifest: dict) -> dict[str, dict[str, InputProfile]]:
-    """Per graph, per input: (min, opt, max) shapes from the manifest's dimension ranges."""
-    ranges = manifest["dims"]
-    profiles: dict[str, dict[str, InputProfile]] = {}
+def engine_profiles(manifest: dict) -> dict[str, dict[str, dict[str, InputProfile]]]:
+    """Per graph, per optimization profile (in engine order), per input: (min, opt, max) shapes.
+    A graph listing `profiles` gets one per named manifest profile; the others one, "default",
+    from the manifest's dimension ranges."""
+    profiles: dict[str, dict[str, dict[str, InputProfile]]] = {}
     for graph, info in manifest["graphs"].items():
-        shapes = {}
-        for tensor in info["inputs"]:
-            missing = [d for d in tensor["dims"] if isinstance(d, str) and d not in ranges]
-            if missing:
-                raise UserError(
-                    f"{graph}.onnx input {tensor['name']}: no range for dimension {missing[0]} in the manifest"
-                )
-            corners = [
-                tuple(ranges[d][k] if isinstance(d, str) else d for d in tensor["dims"]) for k in ("min", "opt", "max")
-            ]
-            shapes[tensor["name"]] = InputProfile(*corners)
-        profiles[graph] = shapes
+        named = {p: manifest["dims"] | manifest["profiles"][p] for p in info["profiles"]}
+        profiles[graph] = {
+            profile: _input_profiles(graph, info, ranges)
+            for profile, ranges in (named or {"default": manifest["dims"]}).items()
+        }
     return profiles
+
+
+def _input_profiles(graph: str, info: dict, ranges: dict) -> dict[str, InputProfile]:
+    shapes = {}
+    for tensor in info["inputs"]:
+        missing = [d for d in tensor["dims"] if isinstance(d, str) and d not in ranges]
+        if missing:
+            raise UserError(f"{graph}.onnx input {tensor['name']}: no range for dimension {missing[0]} in the manifest")
+        corners = [
+            tuple(ranges[d][k] if isinstance(d, str) else d for d in tensor["dims"]) for k in ("min", "opt", "max")
+        ]
+        shapes[tensor["name"]] = InputProfile(*corners)
+    return shapes
 
 
 def check_profiles(folder: Path, manifest: dict, profiles: dict[str, dict[str, InputProfile]]) -> None:
     """Refuse, before any build, profiles TensorRT would reject or graphs the lint rejects over them."""
-    for graph, shapes in profiles.items():
-        for name, p in shapes.items():
-            for axis, (low, opt, high) in enumerate(zip(p.min, p.opt, p.max, strict=True)):
-                # KV lengths may be 0 (an empty cache); every other dimension needs a row.
-                floor = 0 if name.startswith("past_") else 1
-                if not floor <= low <= opt <= high:
-                    raise UserError(
-                        f"{graph} profile: input {name} axis {axis} has min/opt/max {low}/{opt}/{high}; "
-                        f"TensorRT needs {floor} <= min <= opt <= max"
-                    )
+    for graph, named in profiles.items():
+        for profile, shapes in named.items():
+            for name, p in shapes.items():
+                # Lengths may be 0: the context phase's empty caches, the generation phase's empty prompt.
+                for axis, (low, opt, high) in enumerate(zip(p.min, p.opt, p.max, strict=True)):
+                    if not 0 <= low <= opt <= high:
+                        raise UserError(
+                            f"{graph} {profile} profile: input {name} axis {axis} has min/opt/max {low}/{opt}/{high}; "
+                            "TensorRT needs 0 <= min <= opt <= max"
+                        )
     ranges = {name: (r["min"], r["opt"], r["max"]) for name, r in manifest["dims"].items()}
     for graph in profiles:
         path = folder / manifest["graphs"][graph]["file"]
@@ -85,15 +94,18 @@ def check_profiles(folder: Path, manifest: dict, profiles: dict[str, dict[str, I
             )
 
 
-def profiles_json(profiles: dict[str, dict[str, InputProfile]]) -> str:
-    """{graph: {input: {"min": shape, "opt": shape, "max": shape}}}, one input per line."""
+def profiles_json(profiles: dict[str, dict[str, dict[str, InputProfile]]]) -> str:
+    """{graph: {profile: {input: {"min": shape, "opt": shape, "max": shape}}}}, one input per line."""
     graphs = []
-    for graph, shapes in profiles.items():
-        rows = [
-            f"    {json.dumps(name)}: {json.dumps({'min': p.min, 'opt': p.opt, 'max': p.max})}"
-            for name, p in shapes.items()
-        ]
-        graphs.append(f"  {json.dumps(graph)}: {{\n" + ",\n".join(rows) + "\n  }")
+    for graph, named in profiles.items():
+        blocks = []
+        for profile, shapes in named.items():
+            rows = [
+                f"      {json.dumps(name)}: {json.dumps({'min': p.min, 'opt': p.opt, 'max': p.max})}"
+                for name, p in shapes.items()
+            ]
+            blocks.append(f"    {json.dumps(profile)}: {{\n" + ",\n".join(rows) + "\n    }")
+        graphs.append(f"  {json.dumps(graph)}: {{\n" + ",\n".join(blocks) + "\n  }")
     return "{\n" + ",\n".join(graphs) + "\n}\n"
 
 
@@ -177,9 +189,15 @@ def _parser_errors(parser) -> str:
 
 
 def build_engine(
-    trt, onnx_path: Path, profile: dict[str, InputProfile], precision: str, workspace_bytes: int, timing_cache: bytes
+    trt,
+    onnx_path: Path,
+    profiles: dict[str, dict[str, InputProfile]],
+    precision: str,
+    workspace_bytes: int,
+    timing_cache: bytes,
 ) -> tuple[bytes, bytes]:
-    """Build one engine; returns (serialized engine, updated timing cache)."""
+    """Build one engine with `profiles` as its optimization profiles, in order (the runner selects
+    them by index); returns (serialized engine, updated timing cache)."""
     logger = collecting_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
@@ -192,10 +210,11 @@ def build_engine(
     tf32 = _flag(trt.BuilderFlag, "TF32")
     if precision == "fp32" and tf32 is not None:
         config.clear_flag(tf32)  # TF32 matmuls would put an fp32 export outside verify's 1e-4
-    optimization = builder.create_optimization_profile()
-    for name, shapes in profile.items():
-        optimization.set_shape(name, shapes.min, shapes.opt, shapes.max)
-    config.add_optimization_profile(optimization)
+    for shapes in profiles.values():
+        optimization = builder.create_optimization_profile()
+        for name, p in shapes.items():
+            optimization.set_shape(name, p.min, p.opt, p.max)
+        config.add_optimization_profile(optimization)
     cache = config.create_timing_cache(timing_cache)
     config.set_timing_cache(cache, False)
     engine = builder.build_serialized_network(network, config)
@@ -217,7 +236,7 @@ def build_engines(
     timing_cache: str | None = None,
     report: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Build vision / prefill / decode (/ text_encoder) engines beside the ONNX; returns the new manifest.
+    """Build vision / llm (/ text_encoder) engines beside the ONNX; returns the new manifest.
 
     Without TensorRT or a CUDA GPU this raises a UserError that names the command to finish with
     on a GPU machine; profiles.json is written first either way.
@@ -248,10 +267,10 @@ def build_engines(
     cache_path = Path(timing_cache) if timing_cache else None
     cache = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
     engines = {}
-    for graph, profile in profiles.items():
-        report(f"building {engine_file(graph)} (TensorRT {trt.__version__}, {gpu})")
+    for graph, named in profiles.items():
+        report(f"building {engine_file(graph)} (TensorRT {trt.__version__}, {gpu}; profiles {', '.join(named)})")
         engine, cache = build_engine(
-            trt, folder / manifest["graphs"][graph]["file"], profile, manifest["precision"], workspace, cache
+            trt, folder / manifest["graphs"][graph]["file"], named, manifest["precision"], workspace, cache
         )
         _write_atomically(folder / engine_file(graph), engine)
         engines[graph] = engine_file(graph)

@@ -1,7 +1,8 @@
 """`--triton-repo DIR`: a Triton Inference Server model repository for an export.
 
 One model per graph (TensorRT plan when the export has engines, else the ONNX file on the
-onnxruntime backend), its inputs and outputs declared from the manifest, and a Python-backend
+onnxruntime backend), its inputs and outputs declared from the manifest (the one LLM engine
+with its context and generation profiles), and a Python-backend
 model (`serving/triton_model.py`) that generates over them through BLS requests.
 """
 
@@ -51,7 +52,9 @@ def graph_config(model: str, graph: dict, engine: bool) -> str:
 
     text = header + _section("input", tensors("inputs")) + _section("output", tensors("outputs"))
     if engine:  # an engine runs on the GPU it was built for
-        text += "instance_group [\n  {\n    kind: KIND_GPU\n    count: 1\n  }\n]\n"
+        # The LLM engine's profiles (context, generation) by index; Triton runs each request on the one its shapes fit.
+        profiles = "".join(f"    profile: {json.dumps(str(i))}\n" for i in range(len(graph["profiles"])))
+        text += f"instance_group [\n  {{\n    kind: KIND_GPU\n    count: 1\n{profiles}  }}\n]\n"
     return text
 
 

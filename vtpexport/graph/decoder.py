@@ -4,6 +4,9 @@ The prefill runs each layer through a `PrefillHook` (pruning/prefill.py): a sche
 scores and drops image tokens at the points its method declares; calibration and training
 use the same hook points. KV caches are plain tensors. With pruning each layer keeps its
 own cache length, so every layer's cache carries its own key mask and RoPE positions.
+
+A prefill may continue after past caches: a decode step is the prefill of a one-token
+sequence after them, so one exported graph serves both the prompt and every step.
 """
 
 from __future__ import annotations
@@ -237,13 +240,15 @@ class Decoder(nn.Module):
         suffix_mask: Tensor,
         schedule: ScheduleSpec | None = None,
         replay: dict[int, Tensor] | None = None,
+        past: list[LayerCache] | None = None,
     ) -> PrefillOutput:
         """Prefill of a prompt (see `prompt_sequence`) with the schedule's pruning.
 
         replay: `kept_ids` of an earlier prefill, to keep the same image tokens again.
+        past: per-layer caches the prompt follows (a decode step: a one-token suffix, no image).
         """
         seq = self.prompt_sequence(prefix_ids, image_embeds, suffix_ids, prefix_mask, image_mask, suffix_mask)
-        result = self.prefill(seq, schedule, replay)
+        result = self.prefill(seq, schedule, replay, past=past)
         return PrefillOutput(self.lm_head(result.hidden), result.caches, result.image_ids, result.kept_ids)
 
     def decode_step(self, token_ids: Tensor, caches: list[LayerCache]) -> PrefillOutput:
@@ -267,18 +272,21 @@ class Decoder(nn.Module):
         schedule: ScheduleSpec | None = None,
         replay: dict[int, Tensor] | None = None,
         hook: PrefillHook | None = None,
+        past: list[LayerCache] | None = None,
     ) -> PrefillResult:
         """Run every layer over the prompt, pruning image tokens as `schedule` says.
 
         replay: the `kept_ids` of an earlier prefill; the same image tokens are kept at the same
         layers instead of being scored again (to check decoding against full re-runs).
         hook: run these per-layer callbacks instead of the schedule's (calibration, training).
+        past: per-layer caches the sequence follows (see `prefill_layer`); the caches returned
+        hold them too.
         """
         if hook is None:
             hook = schedule.declaration.prefill_hook(schedule, seq.image_len, replay) if schedule else PrefillHook()
         caches, image_ids = [], []
         for index in range(len(self.layers)):
-            seq, cache, attended = self.prefill_layer(index, seq, hook)
+            seq, cache, attended = self.prefill_layer(index, seq, hook, past[index] if past else None)
             caches.append(cache)
             image_ids.append(attended)
         return PrefillResult(self.norm(seq.x[:, -1]), caches, image_ids, dict(hook.kept_ids))
@@ -290,19 +298,33 @@ class Decoder(nn.Module):
             seq, _, _ = self.prefill_layer(index, seq, hook)
         return seq
 
-    def prefill_layer(self, index: int, seq: Sequence, hook: PrefillHook) -> tuple[Sequence, LayerCache, Tensor]:
+    def prefill_layer(
+        self, index: int, seq: Sequence, hook: PrefillHook, past: LayerCache | None = None
+    ) -> tuple[Sequence, LayerCache, Tensor]:
         """Layer `index` of the prefill with the hook's callbacks; `seq` is not modified.
 
-        Returns the sequence leaving the layer, the layer's cache (every token that entered its
-        attention) and the original indices of the image tokens that attention saw.
+        past: this layer's cache the sequence follows. Its tokens take the positions right after
+        the cache's last one (each layer its own: renumbered stages have their own offsets) and
+        attend to the cached keys too; the hook's scores see only the sequence, so a sequence
+        after a past carries no image (a decode step).
+
+        Returns the sequence leaving the layer, the layer's cache (the past, then every token that
+        entered its attention) and the original indices of the image tokens that attention saw.
         """
         layer = self.layers[index]
         seq = hook.before_layer(self, index, seq)
-        cos, sin, bias = self.sequence_rope_and_bias(seq)
+        positions, key_mask, key_positions = seq.positions, seq.key_mask, seq.positions
+        if past is not None:
+            positions = positions + next_position(past.key_positions)
+            key_mask = torch.cat([past.key_mask, key_mask], dim=1)
+            key_positions = torch.cat([past.key_positions, positions], dim=1)
+        cos, sin, bias = self.rope_and_bias(positions, key_mask, key_positions, seq.x.dtype)
         bias = hook.attention_bias(index, seq, bias)
         q, k, v = layer.self_attn.project(layer.input_layernorm(seq.x), cos, sin)
+        if past is not None:
+            k, v = torch.cat([past.key, k], dim=2), torch.cat([past.value, v], dim=2)
         output = layer.self_attn.attend(q, k, v, bias)
-        cache, attended = LayerCache(k, v, seq.key_mask, seq.positions), seq.image_ids
+        cache, attended = LayerCache(k, v, key_mask, key_positions), seq.image_ids
         attention = LayerAttention(q, k, v, bias, output)
         seq, rows = hook.after_attention(self, index, seq, attention)
         if rows is not None:
@@ -312,22 +334,17 @@ class Decoder(nn.Module):
         return hook.after_layer(self, index, seq, attention), cache, attended
 
     def decode(self, embeds: Tensor, caches: list[LayerCache]) -> tuple[Tensor, list[LayerCache]]:
-        """One token [B, 1, D] after a (possibly pruned) prefill; returns hidden [B, D] and caches.
+        """One token [B, 1, D] after a (possibly pruned) prefill; returns hidden [B, D] and caches:
+        the prefill of that one token after the caches, pruning nothing."""
+        b = embeds.shape[0]
+        ones = torch.ones(b, 1, dtype=torch.long, device=embeds.device)
+        no_image = torch.zeros(b, 0, dtype=torch.long, device=embeds.device)
+        seq = Sequence(embeds, ones, ones - 1, no_image, 0, 0)
+        result = self.prefill(seq, hook=PrefillHook(), past=caches)
+        return result.hidden, result.caches
 
-        Each layer places the token right after its own last cached position, which gives the
-        renumbered policy its per-stage offsets and the original policy its true position.
-        """
-        x = embeds
-        updated = []
-        for layer, cache in zip(self.layers, caches, strict=True):
-            position = cache.key_positions.max(dim=-1, keepdim=True).values + 1  # [B, 1]
-            key_mask = torch.cat([cache.key_mask, torch.ones_like(position)], dim=1)
-            key_positions = torch.cat([cache.key_positions, position], dim=1)
-            cos, sin, bias = self.rope_and_bias(position, key_mask, key_positions, x.dtype)
-            q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
-            k = torch.cat([cache.key, k], dim=2)
-            v = torch.cat([cache.value, v], dim=2)
-            attn = layer.self_attn.attend(q, k, v, bias)
-            x = layer.finish(x, attn)
-            updated.append(LayerCache(k, v, key_mask, key_positions))
-        return self.norm(x[:, -1]), updated
+
+def next_position(key_positions: Tensor) -> Tensor:
+    """[B, 1]: the position after a cache's last one, 0 for an empty cache [B, 0]."""
+    before_start = key_positions.new_full((key_positions.shape[0], 1), -1)
+    return torch.cat([key_positions, before_start], dim=1).amax(dim=-1, keepdim=True) + 1

@@ -1,6 +1,6 @@
 """What every runner of an export folder shares: the manifest, tokenizer and image processor,
-the prompt, prefill / decode feeds and the greedy loop. Backends (ONNX Runtime in `ort.py`,
-TensorRT in `trt.py`) only say how one graph runs on a dict of numpy arrays."""
+the prompt, the LLM graph's context and generation feeds and the greedy loop. Backends (ONNX
+Runtime in `ort.py`, TensorRT in `trt.py`) only say how one graph runs on a dict of numpy arrays."""
 
 from __future__ import annotations
 
@@ -15,12 +15,18 @@ from transformers import AutoTokenizer
 
 from ..errors import UserError
 from ..export.manifest import read_manifest
-from ..export.spec import decode_input_name
+from ..export.spec import LLM, past_input_name
 from ..models.anyres import packing_index
 from ..models.families import args_from_config
 from ..models.loader import config_from_folder, load_processing
 from ..recipe import Recipe
 from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles, per_image_token_count
+
+
+def is_cache(output_name: str) -> bool:
+    """The LLM graph's KV caches, masks and positions: runners keep them where the backend runs
+    (device memory) and only feed them back, so a step never copies them to the host."""
+    return output_name.startswith("present")
 
 
 def to_numpy(tensor: Tensor) -> np.ndarray:
@@ -54,8 +60,15 @@ class ExportRunner:
             self.text_tokenizer.padding_side = "right"
             self.text_len_max = self.manifest["dims"]["text_len"]["max"]
 
-    def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_graph(self, graph: str, feeds: dict[str, np.ndarray], profile: str | None = None) -> dict[str, np.ndarray]:
+        """Run one graph; `profile` names the LLM graph's phase (its optimization profile)."""
         raise NotImplementedError
+
+    def _empty(self, name: str, batch: int) -> np.ndarray:
+        """A zero-length LLM input of `batch` rows: an empty cache, or the generation phase's empty prompt part."""
+        spec = next(t for t in self.manifest["graphs"][LLM]["inputs"] if t["name"] == name)
+        shape = [batch if d == "batch" else (0 if isinstance(d, str) else d) for d in spec["dims"]]
+        return np.zeros(shape, dtype=ml_dtypes.bfloat16 if spec["dtype"] == "bfloat16" else spec["dtype"])
 
     def text_embeddings(self, question: str) -> np.ndarray:
         """CLIP text embeddings [1, P] of the question, from the text encoder graph."""
@@ -80,20 +93,30 @@ class ExportRunner:
     def prefill(self, batch: PreparedBatch) -> dict[str, np.ndarray]:
         if not bool(batch.image_mask.all()):
             raise UserError("the prefill graph takes images of one token count per batch; group images by size")
-        feeds = {
+        prompt = {
             "prefix_ids": batch.prefix_ids,
             "prefix_mask": batch.prefix_mask,
             "image_embeds": batch.image_embeds,
             "suffix_ids": batch.suffix_ids,
             "suffix_mask": batch.suffix_mask,
         }
-        return self.run_graph("prefill", {k: to_numpy(v) for k, v in feeds.items()})
+        return self.run_prompt({k: to_numpy(v) for k, v in prompt.items()})
+
+    def run_prompt(self, prompt: dict[str, np.ndarray]) -> dict:
+        """The LLM graph's context phase: the prompt's prefix / image / suffix inputs after empty caches."""
+        rows = prompt["prefix_ids"].shape[0]
+        feeds = {t["name"]: self._empty(t["name"], rows) for t in self.manifest["graphs"][LLM]["inputs"]}
+        return self.run_graph(LLM, feeds | prompt, "context")
 
     def decode(self, token: Tensor, previous: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One step after a prefill's (or a decode's) outputs."""
-        feeds = {decode_input_name(name): value for name, value in previous.items() if name != "logits"}
-        feeds["input_ids"] = token.numpy().reshape(-1, 1).astype(np.int64)
-        return self.run_graph("decode", feeds)
+        """One step after the outputs of the prompt's (or the last step's) call: the token as a
+        one-token suffix, no prefix and no image."""
+        rows = token.shape[0]
+        feeds = {past_input_name(name): value for name, value in previous.items() if name != "logits"}
+        feeds |= {name: self._empty(name, rows) for name in ("prefix_ids", "prefix_mask", "image_embeds")}
+        feeds["suffix_ids"] = token.numpy().reshape(-1, 1).astype(np.int64)
+        feeds["suffix_mask"] = np.ones((rows, 1), dtype=np.int64)
+        return self.run_graph(LLM, feeds, "generation")
 
     def generate(self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None):
         """Greedy decoding with the exported graphs."""

@@ -8,22 +8,27 @@ import numpy as np
 
 from ..errors import UserError
 from ..export.tensorrt import engine_profiles
-from .exported import ExportRunner
+from .exported import ExportRunner, is_cache
 
 PROVIDERS = {
     "ort": ["CPUExecutionProvider"],
     "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+# Where each backend's outputs live: the caches stay there between steps (IOBinding).
+DEVICES = {"ort": "cpu", "ort-cuda": "cuda", "ort-trt": "cuda"}
 
 
 def tensorrt_provider_options(folder: Path, manifest: dict, graph: str) -> dict[str, str]:
-    """ONNX Runtime's TensorRT provider options for one graph: the export's optimization profile
-    (without it the provider rebuilds an engine for every new shape) and an engine cache."""
-    profile = engine_profiles(manifest)[graph]
+    """ONNX Runtime's TensorRT provider options for one graph: the export's optimization profiles
+    (without them the provider rebuilds an engine for every new shape; an input named once per
+    profile gives it several) and an engine cache."""
+    profiles = engine_profiles(manifest)[graph].values()
 
     def shapes(corner: str) -> str:
-        return ",".join(f"{name}:{'x'.join(map(str, getattr(p, corner)))}" for name, p in profile.items())
+        return ",".join(
+            f"{name}:{'x'.join(map(str, getattr(p, corner)))}" for profile in profiles for name, p in profile.items()
+        )
 
     return {
         "trt_profile_min_shapes": shapes("min"),
@@ -35,13 +40,16 @@ def tensorrt_provider_options(folder: Path, manifest: dict, graph: str) -> dict[
 
 
 class OrtRunner(ExportRunner):
-    """Vision / prefill / decode ONNX Runtime sessions of an export folder."""
+    """ONNX Runtime sessions of an export folder's graphs: vision, the LLM (one session for both
+    phases, so its weights are loaded once) and the text encoder when there is one."""
 
     def __init__(self, folder: str | Path, backend: str = "ort", session_config: dict[str, str] | None = None):
         """session_config: ONNX Runtime session config entries (e.g. to turn thread spinning off)."""
         import onnxruntime as ort
 
         super().__init__(folder)
+        self.ort = ort
+        self.device = DEVICES[backend]
         available = set(ort.get_available_providers())
         wanted = PROVIDERS[backend][0]
         if wanted not in available:
@@ -63,7 +71,20 @@ class OrtRunner(ExportRunner):
                 )
             self.sessions[name] = session
 
-    def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_graph(self, graph: str, feeds: dict, profile: str | None = None) -> dict:
+        """Run one session (the TensorRT provider picks the LLM's profile from the shapes). Feeds
+        are numpy arrays or OrtValues (caches the last call returned); the caches come back as
+        OrtValues on the provider's device, every other output as numpy."""
         session = self.sessions[graph]
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, self.ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds), strict=True))
+        for name in names:
+            binding.bind_output(name, self.device if is_cache(name) else "cpu")
+        session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return {name: v if is_cache(name) else v.numpy() for name, v in zip(names, values, strict=True)}

@@ -2,19 +2,20 @@
 
 Device buffers and the CUDA stream come from torch (a CUDA build of torch on the GPU machine);
 tensors are bound by name (set_input_shape / set_tensor_address / execute_async_v3), the API
-TensorRT 10 and 11 share.
+TensorRT 10 and 11 share. The LLM engine has one execution context that switches between its
+context and generation profiles; its KV caches stay torch device tensors from one step to the
+next, and only the logits come back to the host.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import UserError
 from ..export.tensorrt import collecting_logger, cuda_device, finish_command, import_tensorrt
-from .exported import ExportRunner, to_numpy, to_torch
+from .exported import ExportRunner, is_cache, to_numpy, to_torch
 
 # TensorRT DataType member -> torch dtype, by name (the enum's integers are not part of the API).
 _DTYPES = {
@@ -53,30 +54,42 @@ class TrtRunner(ExportRunner):
         self.trt = trt
         self.logger = collecting_logger(trt)
         self.runtime = trt.Runtime(self.logger)
-        self.engines, self.contexts = {}, {}
+        self.engines, self.contexts, self.active_profile = {}, {}, {}
         for graph, file in built["engines"].items():
             engine = self.runtime.deserialize_cuda_engine((self.folder / file).read_bytes())
             if engine is None:
                 raise UserError(f"TensorRT cannot load {file}: {'; '.join(self.logger.errors) or 'no message'}")
             self.engines[graph] = engine
             self.contexts[graph] = engine.create_execution_context()
+            self.active_profile[graph] = 0  # a new context starts on profile 0
         self.dtypes = {
             getattr(trt.DataType, name): dtype for name, dtype in _DTYPES.items() if hasattr(trt.DataType, name)
         }
         self.stream = torch.cuda.Stream()
+        self.placeholder = torch.empty(1, dtype=torch.uint8, device="cuda")
 
-    def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_graph(self, graph: str, feeds: dict, profile: str | None = None) -> dict:
+        """Run one engine, in the optimization profile named `profile` (the LLM's phase). Feeds are
+        numpy arrays or torch device tensors (caches the last call returned, used in place); the
+        caches come back as device tensors, every other output as numpy."""
         engine, context = self.engines[graph], self.contexts[graph]
+        index = self.manifest["graphs"][graph]["profiles"].index(profile) if profile else 0
+        if index != self.active_profile[graph]:
+            context.set_optimization_profile_async(index, self.stream.cuda_stream)
+            self.active_profile[graph] = index
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
         bound = {}
         for name in inputs:
-            tensor = to_torch(feeds[name]).to("cuda", self.dtypes[engine.get_tensor_dtype(name)]).contiguous()
+            feed, dtype = feeds[name], self.dtypes[engine.get_tensor_dtype(name)]
+            tensor = feed if isinstance(feed, torch.Tensor) else to_torch(feed).to("cuda", dtype).contiguous()
             if not context.set_input_shape(name, tuple(tensor.shape)):
                 raise UserError(
-                    f"{graph}.plan: input {name} of shape {tuple(tensor.shape)} is outside the engine's profile"
+                    f"{graph}.plan: input {name} of shape {tuple(tensor.shape)} is outside the engine's "
+                    f"{profile or 'default'} profile"
                 )
-            context.set_tensor_address(name, tensor.data_ptr())
+            # An empty tensor has no storage; TensorRT still wants an address, any non-null one.
+            context.set_tensor_address(name, tensor.data_ptr() or self.placeholder.data_ptr())
             bound[name] = tensor
         outputs = {}
         for name in names:
@@ -84,9 +97,9 @@ class TrtRunner(ExportRunner):
                 continue
             shape = tuple(context.get_tensor_shape(name))
             outputs[name] = torch.empty(shape, dtype=self.dtypes[engine.get_tensor_dtype(name)], device="cuda")
-            context.set_tensor_address(name, outputs[name].data_ptr())
+            context.set_tensor_address(name, outputs[name].data_ptr() or self.placeholder.data_ptr())
         self.stream.wait_stream(torch.cuda.current_stream())  # the inputs were copied on the current stream
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to run {graph}.plan: {'; '.join(self.logger.errors) or 'no message'}")
         self.stream.synchronize()
-        return {name: to_numpy(tensor.cpu()) for name, tensor in outputs.items()}
+        return {name: t if is_cache(name) else to_numpy(t.cpu()) for name, t in outputs.items()}

@@ -1,6 +1,6 @@
 """Triton Inference Server Python-backend model written by `vtpexport build --triton-repo`:
-greedy generation for one image and prompt, running the export's vision / prefill / decode
-models of the same repository through BLS requests.
+greedy generation for one image and prompt, running the export's vision and LLM models of the
+same repository through BLS requests (Triton picks the LLM engine's profile from the shapes).
 
 The Python backend's environment needs vtpexport (and its dependencies) installed; the
 export's tokenizer, image processor, recipe and manifest are in `export/` beside this file.
@@ -26,7 +26,7 @@ class BlsRunner(ExportRunner):
         self.models = models
         self.outputs = {g: [t["name"] for t in info["outputs"]] for g, info in self.manifest["graphs"].items()}
 
-    def run_graph(self, graph, feeds):
+    def run_graph(self, graph, feeds, profile=None):
         request = pb_utils.InferenceRequest(
             model_name=self.models[graph],
             requested_output_names=self.outputs[graph],
