@@ -114,11 +114,10 @@ def test_ort_tensorrt_provider_gets_the_same_profiles(tmp_path):
 
 def test_profiles_are_refused_before_any_build(tmp_path):
     manifest = manifest_for(recipe_for("fastv"))
-    manifest["dims"]["prefix_len"] = {"min": 8, "opt": 4, "max": 16}
     manifest["profiles"]["context"]["prefix_len"] = {"min": 8, "opt": 4, "max": 16}
     with pytest.raises(UserError, match=r"llm context profile: input prefix_ids axis 1 has min/opt/max 8/4/16"):
         check_profiles(tmp_path, manifest, engine_profiles(manifest))
-    del manifest["dims"]["suffix_len"]
+    del manifest["dims"]["suffix_len"], manifest["profiles"]["generation"]["suffix_len"]
     with pytest.raises(UserError, match="no range for dimension suffix_len"):
         engine_profiles(manifest)
 
