@@ -34,6 +34,7 @@ from .errors import UserError
 from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
 from .graph.args import LlavaArgs
 from .graph.decoder import Decoder, LayerAttention, Sequence
+from .progress import progress_bar, track
 from .pruning.prefill import PrefillHook
 from .pruning.registry import schedule_method
 from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, check_selector
@@ -477,8 +478,6 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
 def _calibrate_fitprune(
     request: CalibrationRequest, budget: Budget, progress: bool
 ) -> tuple[ScheduleSpec, FitPruneRun, dict]:
-    from tqdm import tqdm
-
     from .models.loader import load_model
 
     if budget.visual_tokens == 0:
@@ -492,7 +491,7 @@ def _calibrate_fitprune(
     samples = load_samples(select_records(records, request.samples, request.seed), request.skip_bad)
 
     def bar(description: str, total: int):
-        return lambda items: tqdm(items, desc=description, total=total, disable=None if progress else True)
+        return lambda items: track(items, description, total, "sample", progress)
 
     model = load_model(request.model, request.weights, dtype)
     model.graph.to(device)
@@ -500,7 +499,7 @@ def _calibrate_fitprune(
     prompts = prepare_prompts(model, samples, request.selector, device, bar("embedding samples", count))
     calibrator = FitPruneCalibrator(model.graph.decoder, prompts, budget, request.stop_rule)
     calibrator.collect_reference(bar("reference statistics", count))
-    with tqdm(desc="searching alpha", total=7, disable=None if progress else True) as steps:
+    with progress_bar("searching alpha", 7, "fit", progress) as steps:
 
         def on_step(fit: Fit) -> None:
             steps.set_postfix(alpha=f"{fit.alpha / ALPHA_STEPS:.2f}", ratio=f"{fit.report.ratio:.4f}", refresh=False)

@@ -253,7 +253,7 @@ def verify(export_dir, model_spec, weights, data, max_new_tokens, tolerance, bac
 
     from .verify import verify_export
 
-    report = verify_export(export_dir, model_spec, weights, data, max_new_tokens, tolerance, backend)
+    report = verify_export(export_dir, model_spec, weights, data, max_new_tokens, tolerance, backend, progress=True)
     if report.changed_files:
         click.echo(f"error: {export_dir} does not match its manifest: {', '.join(report.changed_files)}", err=True)
         raise SystemExit(1)
