@@ -401,7 +401,10 @@ def test_unwritable_out(tmp_path):
         (["--selector-ratio", "0.5"], r"--selector-ratio and --selector-tokens need --selector"),
         (["--selector", "fopru-rank"], r"fopru-rank needs ratio, a number in \(0, 1\]"),
         (["--device", "cuda:7"], r"--device cuda:7"),
-        (["--model", "tiny-llava-next", "--selector", "fopru-rank", "--selector-ratio", "0.5"], r"LLaVA-NeXT"),
+        (
+            ["--model", "tiny-llava-next", "--selector", "fopru-rank", "--selector-ratio", "0.5"],
+            r"llava-next.s anyres images",
+        ),
         (["--method", "pyramiddrop", "--stage-layers", "2,x"], r"--stage-layers wants layer numbers"),
         (["--method", "fastv", "--fastv-layer", "4"], r"fastv layer must be in \[1, 4\)"),
     ],

@@ -34,7 +34,7 @@ from .errors import UserError
 from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
 from .graph.args import LlavaArgs
 from .graph.decoder import Decoder, LayerAttention, Sequence
-from .models.anyres import num_image_tokens, num_tiles
+from .progress import progress_bar, track
 from .pruning.fitprune import scored_rows_probs
 from .pruning.prefill import PrefillHook
 from .pruning.registry import schedule_method
@@ -65,9 +65,8 @@ def parse_budget(value: str | float) -> Fraction:
 def reference_image(args: LlavaArgs) -> tuple[tuple[int, int], int, int]:
     """(height, width), visual tokens and CLIP tiles of the image size budgets are computed at:
     the native size, or LLaVA-NeXT's largest tiling (as `vtpexport inspect` counts by default)."""
-    sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.input_image_size,) * 2]
-    size = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
-    return size, num_image_tokens(size, args), num_tiles(size, args)
+    size = args.layout.reference_size()
+    return size, args.layout.num_tokens(size), args.layout.num_tiles(size)
 
 
 @dataclass(frozen=True)
@@ -346,7 +345,7 @@ def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, devi
             prompts.append(
                 PromptState(
                     prompt_sequence(graph.decoder, batch, device),
-                    num_image_tokens((image.height, image.width), args),
+                    args.layout.num_tokens((image.height, image.width)),
                     batch.num_image_tokens[0],
                 )
             )
@@ -432,11 +431,6 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
     if request.selector is not None:
         request.selector.validate()
         check_selector(args, request.selector)
-        if args.family == "llava-next":
-            raise UserError(
-                f"selector {request.selector.method} is not supported on LLaVA-NeXT anyres images yet; "
-                "calibrate the schedule alone"
-            )
     size, n_image, tiles = reference_image(args)
     budget = Budget(fraction, args, ModelRef(args.family, source.name, args.config_hash()), n_image, request.selector)
     provenance = {
@@ -480,8 +474,6 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
 def _calibrate_fitprune(
     request: CalibrationRequest, budget: Budget, progress: bool
 ) -> tuple[ScheduleSpec, FitPruneRun, dict]:
-    from tqdm import tqdm
-
     from .models.loader import load_model
 
     if budget.visual_tokens == 0:
@@ -495,7 +487,7 @@ def _calibrate_fitprune(
     samples = load_samples(select_records(records, request.samples, request.seed), request.skip_bad)
 
     def bar(description: str, total: int):
-        return lambda items: tqdm(items, desc=description, total=total, disable=None if progress else True)
+        return lambda items: track(items, description, total, "sample", progress)
 
     model = load_model(request.model, request.weights, dtype)
     model.graph.to(device)
@@ -503,7 +495,7 @@ def _calibrate_fitprune(
     prompts = prepare_prompts(model, samples, request.selector, device, bar("embedding samples", count))
     calibrator = FitPruneCalibrator(model.graph.decoder, prompts, budget, request.stop_rule)
     calibrator.collect_reference(bar("reference statistics", count))
-    with tqdm(desc="searching alpha", total=7, disable=None if progress else True) as steps:
+    with progress_bar("searching alpha", 7, "fit", progress) as steps:
 
         def on_step(fit: Fit) -> None:
             steps.set_postfix(alpha=f"{fit.alpha / ALPHA_STEPS:.2f}", ratio=f"{fit.report.ratio:.4f}", refresh=False)
