@@ -33,7 +33,6 @@ from .errors import UserError
 from .eval import Compute, adaptive_counted, add_compute
 from .files import write_atomically
 from .flops import cache_lengths, exact_decode_macs
-from .models.anyres import num_image_tokens
 from .models.images import load_image
 
 MiB = 1 << 20
@@ -195,7 +194,7 @@ def benchmark(
 def _count(side: Side, runner, image, batch) -> None:
     args, recipe = runner.args, runner.recipe
     add_compute(side.compute, args, recipe, image, batch, 0)
-    n_image = num_image_tokens((image.height, image.width), args)
+    n_image = args.layout.num_tokens((image.height, image.width))
     entering = batch.num_image_tokens[0]
     text = (len(batch.parts[0].prefix_ids), len(batch.parts[0].suffix_ids))
     lengths = cache_lengths(args, adaptive_counted(recipe, entering), n_image, *text)

@@ -32,7 +32,6 @@ from .errors import UserError
 from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
 from .graph.args import LlavaArgs
 from .graph.decoder import Decoder, LayerAttention, Sequence
-from .models.anyres import num_image_tokens, num_tiles
 from .pruning.prefill import PrefillHook
 from .pruning.registry import schedule_method
 from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, check_selector
@@ -62,9 +61,8 @@ def parse_budget(value: str | float) -> Fraction:
 def reference_image(args: LlavaArgs) -> tuple[tuple[int, int], int, int]:
     """(height, width), visual tokens and CLIP tiles of the image size budgets are computed at:
     the native size, or LLaVA-NeXT's largest tiling (as `vtpexport inspect` counts by default)."""
-    sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.input_image_size,) * 2]
-    size = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
-    return size, num_image_tokens(size, args), num_tiles(size, args)
+    size = args.layout.reference_size()
+    return size, args.layout.num_tokens(size), args.layout.num_tiles(size)
 
 
 @dataclass(frozen=True)
@@ -348,7 +346,7 @@ def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, devi
             prompts.append(
                 PromptState(
                     prompt_sequence(graph.decoder, batch, device),
-                    num_image_tokens((image.height, image.width), args),
+                    args.layout.num_tokens((image.height, image.width)),
                     batch.num_image_tokens[0],
                 )
             )
@@ -434,11 +432,6 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
     if request.selector is not None:
         request.selector.validate()
         check_selector(args, request.selector)
-        if args.family == "llava-next":
-            raise UserError(
-                f"selector {request.selector.method} is not supported on LLaVA-NeXT anyres images yet; "
-                "calibrate the schedule alone"
-            )
     size, n_image, tiles = reference_image(args)
     budget = Budget(fraction, args, ModelRef(args.family, source.name, args.config_hash()), n_image, request.selector)
     provenance = {

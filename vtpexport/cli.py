@@ -333,7 +333,6 @@ def inspect(
     from rich.console import Console
 
     from .flops import cache_lengths, exact_decode_macs, exact_prefill_macs, paper_flops
-    from .models.anyres import num_image_tokens, num_tiles
     from .models.loader import architecture
     from .recipe import Recipe
     from .viz import flops_view, plot_token_pyramid
@@ -343,8 +342,7 @@ def inspect(
     args = architecture(model_name)
     recipe.check_model(args, model_name)
     if image_size is None:
-        sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.input_image_size,) * 2]
-        size = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
+        size = args.layout.reference_size()
     else:
         try:
             size = tuple(int(x) for x in image_size.lower().split("x"))
@@ -352,7 +350,7 @@ def inspect(
             size = ()
         if len(size) != 2 or min(size) < 1:
             raise UserError(f"--image-size wants HEIGHTxWIDTH in pixels (e.g. 672x672), got {image_size!r}")
-    n_image, tiles = num_image_tokens(size, args), num_tiles(size, args)
+    n_image, tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
     heading = f"{recipe.name} on {model_name} ({args.family}), {size[0]}x{size[1]} image: {n_image} visual tokens"
     if recipe.visual_tokens(args, n_image) is None:
         if plot_path:

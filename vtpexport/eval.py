@@ -32,7 +32,6 @@ from .export.manifest import read_manifest
 from .files import write_atomically
 from .flops import exact_prefill_macs, paper_flops
 from .graph.args import LlavaArgs
-from .models.anyres import num_image_tokens, num_tiles
 from .models.loader import LoadedModel, load_model
 from .recipe import Recipe
 from .runtime.batch import PreparedBatch
@@ -222,7 +221,7 @@ def adaptive_counted(recipe: Recipe | None, entering: int) -> Recipe | None:
 def add_compute(compute: Compute, args: LlavaArgs, recipe: Recipe | None, image, batch, row: int) -> None:
     """Add row `row` of a prepared batch (its image, prompt lengths and kept count) to `compute`."""
     size = (image.height, image.width)
-    n_image, tiles = num_image_tokens(size, args), num_tiles(size, args)
+    n_image, tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
     counted = adaptive_counted(recipe, batch.num_image_tokens[row])
     text = (len(batch.parts[row].prefix_ids), len(batch.parts[row].suffix_ids))
     paper = paper_flops(args, counted, n_image)

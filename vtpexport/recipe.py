@@ -27,6 +27,11 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB; a bigger file is not one
 
 def check_selector(args: LlavaArgs, selector: SelectorSpec) -> None:
     """Refuse a selector the model's vision features cannot feed."""
+    if not args.layout.selectors:
+        raise UserError(
+            f"selector {selector.method} is not supported on {args.family}'s {args.layout.rule} images yet; "
+            f"use an in-LLM schedule ({', '.join(methods('schedule'))})"
+        )
     if selector.declaration.probe.cls_token and not args.cls_token:
         without_cls = [name for name, m in methods("selector").items() if not m.probe.cls_token]
         raise UserError(

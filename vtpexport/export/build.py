@@ -183,7 +183,7 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, prec
         "dims": {name: dict(zip(("min", "opt", "max"), r, strict=True)) for name, r in ranges.items()},
         "image_tokens": {
             "image_token_id": args.image_token_id,
-            "rule": "anyres" if args.family == "llava-next" else "fixed",
+            "rule": args.layout.rule,
             "placeholders_per_image": [n_min, n_max],
             "tokens_per_tile": args.tokens_per_tile,
             "prompt": "the prompt's <image> marks where image_embeds go: prefix_ids before, suffix_ids after; "

@@ -28,7 +28,7 @@ from transformers import (
 from ..errors import UserError, one_line
 from ..graph.llava import LlavaGraph
 from .checkpoint import save_weights
-from .families import FAMILIES, args_from_config, is_llava_hr
+from .families import args_from_config, family_of
 from .hr import hr_config, write_config
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
@@ -197,7 +197,7 @@ def init_weights(graph: LlavaGraph, seed: int) -> None:
 
 def processor_for(config, tokenizer):
     """The LLaVA processor (image processor, tokenizer, chat template) a built-in ships."""
-    family = FAMILIES[args_from_config(config).family]
+    args = args_from_config(config)
     v = config.vision_config
     crop = {"height": v.image_size, "width": v.image_size}
     common = dict(
@@ -205,9 +205,9 @@ def processor_for(config, tokenizer):
         patch_size=v.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=family.default_chat_template,
+        chat_template=family_of(args).default_chat_template,
     )
-    if family.name == "llava-next":
+    if args.layout.tiled:
         images = LlavaNextImageProcessorPil(
             size={"shortest_edge": v.image_size}, crop_size=crop, image_grid_pinpoints=config.image_grid_pinpoints
         )
@@ -222,21 +222,22 @@ def write_random_model(config, folder: Path, seed: int = 0, max_shard_bytes: int
     config is written in the original-LLaVA layout instead (config, weights and tokenizer only)."""
     graph = LlavaGraph(args_from_config(config))
     init_weights(graph, seed)
-    return save_model(graph, config, byte_tokenizer(image_token=not is_llava_hr(config)), folder, max_shard_bytes)
+    tokenizer = byte_tokenizer(image_token=not family_of(graph.args).original_layout)
+    return save_model(graph, config, tokenizer, folder, max_shard_bytes)
 
 
 def save_model(graph: LlavaGraph, config, tokenizer, folder: Path, max_shard_bytes: int | None = None) -> Path:
     """Write a graph with its config, tokenizer, chat template and image processor in the
     Hugging Face layout into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    if is_llava_hr(config):
+    if family_of(graph.args).original_layout:
         write_config(config.to_diff_dict() | {"model_type": "llava"}, folder)
         save_weights(graph, folder, max_shard_bytes)
         tokenizer.save_pretrained(folder)
         return folder
     config.save_pretrained(folder)
     save_weights(graph, folder, max_shard_bytes)
-    tokenizer.chat_template = FAMILIES[graph.args.family].default_chat_template
+    tokenizer.chat_template = family_of(graph.args).default_chat_template
     processor_for(config, tokenizer).save_pretrained(folder)
     return folder
 

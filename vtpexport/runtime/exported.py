@@ -16,7 +16,6 @@ from transformers import AutoTokenizer
 from ..errors import UserError
 from ..export.manifest import export_file, read_manifest
 from ..export.spec import decode_input_name
-from ..models.anyres import packing_index
 from ..models.families import args_from_config
 from ..models.loader import config_from_folder, load_processing
 from ..recipe import Recipe
@@ -66,9 +65,10 @@ class ExportRunner:
     def image_embeddings(self, image: Image.Image, question: str | None = None) -> Tensor:
         """The image's visual tokens [n, D], from the vision graph (a text-guided selector reads the question)."""
         tiles, size = image_tiles(self.image_processor, self.args, image)
-        feeds = {"pixel_values": tiles.numpy().astype(np.float32)}
-        if self.args.family == "llava-next":
-            feeds["packing_index"] = packing_index(size, self.args)
+        names = [entry["name"] for entry in self.manifest["graphs"]["vision"]["inputs"]]
+        # The layout's inputs come first; a text-guided selector's text_embeds follow.
+        inputs = self.args.layout.vision_inputs(tiles, size)
+        feeds = {name: to_numpy(t) for name, t in zip(names, inputs, strict=False)}
         if self.text_tokenizer is not None:
             feeds["text_embeds"] = self.text_embeddings(question)
         return to_torch(self.run_graph("vision", feeds)["image_embeds"][0])
