@@ -34,6 +34,7 @@ from .eval import Compute, adaptive_counted, add_compute
 from .files import write_atomically
 from .flops import cache_lengths, exact_decode_macs
 from .models.images import load_image
+from .progress import progress_bar
 
 MiB = 1 << 20
 
@@ -158,8 +159,6 @@ def benchmark(
     progress: bool = False,
     backend: str = "ort",
 ) -> BenchReport:
-    from tqdm import tqdm
-
     from .export.manifest import read_manifest
 
     prompts = workload(data, image, prompt, limit)
@@ -173,7 +172,7 @@ def benchmark(
     images = [load_image(path) for path, _ in prompts]
     runners = {path: _runner(path, backend) for path in (folder, baseline)}
     sides = {path: Side(manifests[path]["name"], str(path), decode_tokens=decode_tokens) for path in runners}
-    bar = tqdm(total=(repeats + 1) * 2, desc="benchmarking", unit="pass", disable=None if progress else True)
+    bar = progress_bar("benchmarking", (repeats + 1) * 2, "pass", progress)
     with bar:
         for repeat in range(-1, repeats):  # -1: the warm-up pass, not recorded
             for path, runner in runners.items():

@@ -28,10 +28,12 @@ from torch import Tensor
 
 from . import __version__, files
 from .dataset import Samples, load_samples, read_dataset, select_records
+from .devices import dtype_name, resolve_device, resolve_dtype
 from .errors import UserError
 from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
 from .graph.args import LlavaArgs
 from .graph.decoder import Decoder, LayerAttention, Sequence
+from .progress import progress_bar, track
 from .pruning.prefill import PrefillHook
 from .pruning.registry import schedule_method
 from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, check_selector
@@ -375,8 +377,8 @@ class CalibrationRequest:
     stop_rule: str = "recipe"  # fitprune: see FitPruneCalibrator
     fastv_layer: int = 2
     stage_layers: tuple[int, ...] | None = None  # pyramiddrop; None: L/4, L/2, 3L/4
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str = "auto"
+    dtype: str = "auto"
     name: str | None = None  # None: [<selector>-]<method>-<model>-b<budget digits>, e.g. fitprune-llava-1.5-7b-b045
 
     @property
@@ -475,22 +477,21 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
 def _calibrate_fitprune(
     request: CalibrationRequest, budget: Budget, progress: bool
 ) -> tuple[ScheduleSpec, FitPruneRun, dict]:
-    from tqdm import tqdm
-
     from .models.loader import load_model
 
     if budget.visual_tokens == 0:
         raise UserError("the selector leaves no visual tokens: there is nothing for fitprune to prune")
     if not budget.meets(fitprune_floor(budget)):
         raise budget.unreachable("fitprune", fitprune_floor(budget), "every visual token dropped after layer 0")
-    device, dtype = _device(request.device), _dtype(request.dtype)
+    device = resolve_device(request.device)
+    dtype = resolve_dtype(request.dtype, budget.args, device)  # before a weight is read
     if request.data is None and not DEFAULT_DATA.is_file():
         raise UserError(f"the default calibration set is missing ({DEFAULT_DATA}); pass --data")
     records = read_dataset(DEFAULT_DATA if request.data is None else request.data)
     samples = load_samples(select_records(records, request.samples, request.seed), request.skip_bad)
 
     def bar(description: str, total: int):
-        return lambda items: tqdm(items, desc=description, total=total, disable=None if progress else True)
+        return lambda items: track(items, description, total, "sample", progress)
 
     model = load_model(request.model, request.weights, dtype)
     model.graph.to(device)
@@ -498,7 +499,7 @@ def _calibrate_fitprune(
     prompts = prepare_prompts(model, samples, request.selector, device, bar("embedding samples", count))
     calibrator = FitPruneCalibrator(model.graph.decoder, prompts, budget, request.stop_rule)
     calibrator.collect_reference(bar("reference statistics", count))
-    with tqdm(desc="searching alpha", total=7, disable=None if progress else True) as steps:
+    with progress_bar("searching alpha", 7, "fit", progress) as steps:
 
         def on_step(fit: Fit) -> None:
             steps.set_postfix(alpha=f"{fit.alpha / ALPHA_STEPS:.2f}", ratio=f"{fit.report.ratio:.4f}", refresh=False)
@@ -516,7 +517,7 @@ def _calibrate_fitprune(
         "samples": count,
         "skipped": len(samples.skipped),
         "seed": request.seed,
-        "dtype": request.dtype,
+        "dtype": dtype_name(dtype),
         "device": str(device),
     }
     return best.schedule, run, provenance
@@ -528,24 +529,6 @@ def _suffix_len(seq: Sequence) -> int:
 
 def _median(values: list[int]) -> int:
     return sorted(values)[len(values) // 2]
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device: unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(device.type, False):
-        raise UserError(f"--device {name}: no such device is available here")
-    return device
-
-
-def _dtype(name: str) -> torch.dtype:
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if name not in dtypes:
-        raise UserError(f"--dtype must be one of {', '.join(dtypes)}, got {name!r}")
-    return dtypes[name]
 
 
 # --- writing the recipe ------------------------------------------------------------------------

@@ -258,7 +258,7 @@ def verify(export_dir, model_spec, weights, data, max_new_tokens, tolerance, bac
 
     from .verify import verify_export
 
-    report = verify_export(export_dir, model_spec, weights, data, max_new_tokens, tolerance, backend)
+    report = verify_export(export_dir, model_spec, weights, data, max_new_tokens, tolerance, backend, progress=True)
     if report.changed_files:
         click.echo(f"error: {export_dir} does not match its manifest: {', '.join(report.changed_files)}", err=True)
         raise SystemExit(1)
@@ -415,8 +415,19 @@ def inspect(
 )
 @click.option("--fastv-layer", type=click.IntRange(1), default=2, show_default=True, help="FastV's K.")
 @click.option("--stage-layers", default=None, metavar="L1,L2,..", help="PyramidDrop stage ends (default L/4,L/2,3L/4).")
-@click.option("--device", default="cpu", show_default=True, help="FitPrune: where the model runs (cpu, cuda, ...).")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="FitPrune model dtype.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="FitPrune: where the model runs (auto: CUDA if seen; cpu, cuda:1).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(("auto", *DTYPES)),
+    default="auto",
+    show_default=True,
+    help="FitPrune model dtype (auto: bf16 on a GPU; fp32 on the CPU if it fits, else bf16).",
+)
 @click.option("--out", default=None, help="Recipe file (default: recipes/<name>.yaml).")
 @click.option("--force", is_flag=True, help="Replace an existing recipe file.")
 def calibrate(

@@ -33,6 +33,7 @@ from .files import write_atomically
 from .flops import exact_prefill_macs, paper_flops
 from .graph.args import LlavaArgs
 from .models.loader import LoadedModel, load_model
+from .progress import progress_bar
 from .recipe import Recipe
 from .runtime.batch import PreparedBatch
 from .runtime.eager import generate_with_logits, prepare
@@ -268,8 +269,6 @@ def evaluate(
 
     Every input is checked before a model is loaded: the candidates, the data and its images.
     """
-    from tqdm import tqdm
-
     from .runtime.exported import open_runner
 
     if not arguments:
@@ -303,7 +302,7 @@ def evaluate(
     recipes = [None] + [candidate.recipe for candidate in candidates]
 
     chunks = list(_chunks(len(samples.images), BATCH_SIZE))
-    bar = tqdm(total=len(chunks) * len(entries), desc="evaluating", unit="batch", disable=None if progress else True)
+    bar = progress_bar("evaluating", len(chunks) * len(entries), "batch", progress)
     with bar:
         for rows in chunks:
             images = [samples.images[i] for i in rows]

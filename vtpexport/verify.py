@@ -15,6 +15,7 @@ from .export.manifest import folder_differences, read_manifest
 from .export.precision import precision
 from .models.loader import LoadedModel, load_model
 from .models.text_encoder import attach_text_encoder
+from .progress import track
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
 from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
 from .runtime.exported import open_runner
@@ -90,6 +91,7 @@ def verify_export(
     max_new_tokens: int = 20,
     tolerance: float | None = None,
     backend: str = "ort",
+    progress: bool = False,
 ) -> VerifyReport:
     """tolerance: max abs error per graph; default the export precision's (1e-4 for fp32)."""
     folder = Path(folder)
@@ -121,7 +123,7 @@ def verify_export(
             checks["text_encoder"].add(
                 runner.text_embeddings(question), model.text_encoder.embed([question]).numpy(), False
             )
-    for image, question in samples:
+    for image, question in track(samples, "verifying vision", len(samples), "image", progress):
         checks["vision"].add(
             runner.image_embeddings(image, question).numpy(),
             image_embeddings(model, image, recipe, question).numpy(),
@@ -129,7 +131,8 @@ def verify_export(
         )
     batch = prepare(model, images, questions, max_new_tokens, recipe)
     schedule = recipe.schedule if recipe else None
-    for members in image_token_groups(batch):
+    groups = image_token_groups(batch)
+    for members in track(groups, "verifying prefill and decode", len(groups), "batch", progress):
         _compare_prefill_and_decode(runner, model, subset_rows(batch, members), schedule, max_new_tokens, checks)
     report.graphs = checks
     exported = runner.generate(runner.prepare(images, questions, max_new_tokens), max_new_tokens)
