@@ -16,8 +16,6 @@ model's reference image size. Every check against it is exact integer arithmetic
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -536,28 +534,24 @@ def _median(values: list[int]) -> int:
 # --- writing the recipe ------------------------------------------------------------------------
 
 
-def check_writable(path: str | Path) -> Path:
-    """Refuse an --out that cannot be written, before any work is done."""
-    return files.check_writable(path, "the recipe")
+def check_writable(path: str | Path, force: bool = False) -> Path:
+    """Refuse an --out that cannot be written, or that exists without `force`, before any work is done."""
+    path = files.check_writable(path, "the recipe")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to replace it")
+    return path
 
 
-def write_recipe(recipe: Recipe, path: str | Path) -> Path:
-    """Write atomically: a temporary file in the same folder, renamed into place."""
-    path = check_writable(path)
+def write_recipe(recipe: Recipe, path: str | Path, force: bool = False) -> Path:
+    """Write atomically (a temporary file in the same folder, renamed into place); an existing
+    file is replaced only with `force`, even one that appeared during the calibration."""
+    path = check_writable(path, force)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
         raise UserError(f"cannot write the recipe to {path}: {error.strerror or error}") from None
-    try:
-        os.close(handle)
-        recipe.save(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a recipe is an ordinary file
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise UserError(f"cannot write the recipe to {path}: {error.strerror or error}") from None
-    return path
+    text = recipe.to_yaml().encode()
+    return files.write_atomically(path, lambda stream: stream.write(text), "the recipe", replace=force)
 
 
 # --- what the command prints -------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 DTYPES = ("float32", "float16", "bfloat16")
 BACKENDS = ("ort", "ort-cuda", "ort-trt", "trt")
@@ -30,13 +30,18 @@ class _RegisteredMethods(click.Choice):
 
 
 class _Cli(click.Group):
-    """Prints a UserError as one line and exits with status 2, never a traceback."""
+    """The one error boundary: a UserError, or an error of the filesystem (a full disk, a
+    read-only folder), is printed as one line with exit status 2, never a traceback. Staging
+    folders are already gone: they are removed as the error passes through them."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as error:
             click.echo(f"error: {error}", err=True)
+            ctx.exit(2)
+        except OSError as error:
+            click.echo(f"error: {one_line(error)}", err=True)
             ctx.exit(2)
 
 
@@ -272,16 +277,14 @@ def verify(export_dir, model_spec, weights, data, max_new_tokens, tolerance, bac
 @click.argument("export_dir")
 def lint(export_dir: str) -> None:
     """Static TensorRT-compatibility check of an export's graphs."""
-    from pathlib import Path
-
     from .export.lint import format_issues, lint_model
-    from .export.manifest import read_manifest
+    from .export.manifest import export_file, read_manifest
 
     manifest = read_manifest(export_dir)
     ranges = {name: (r["min"], r["opt"], r["max"]) for name, r in manifest["dims"].items()}
     issues = []
-    for graph in manifest["graphs"].values():
-        path = Path(export_dir) / graph["file"]
+    for name, graph in manifest["graphs"].items():
+        path = export_file(export_dir, graph["file"], f"graphs.{name}.file")
         if not path.is_file():
             raise UserError(f"{path} is missing")
         issues += lint_model(path, graph_name=graph["file"], dim_ranges=ranges)
@@ -426,6 +429,7 @@ def inspect(
     help="FitPrune model dtype (auto: bf16 on a GPU; fp32 on the CPU if it fits, else bf16).",
 )
 @click.option("--out", default=None, help="Recipe file (default: recipes/<name>.yaml).")
+@click.option("--force", is_flag=True, help="Replace an existing recipe file.")
 def calibrate(
     model_spec,
     weights,
@@ -444,6 +448,7 @@ def calibrate(
     device,
     dtype,
     out,
+    force,
 ) -> None:
     """Make a recipe that meets a FLOPs budget: FitPrune from data, PyramidDrop / FastV solved."""
     from pathlib import Path
@@ -479,9 +484,9 @@ def calibrate(
         dtype=dtype,
         name=Path(out).stem if out else None,
     )
-    out = check_writable(out or Path("recipes") / f"{request.recipe_name}.yaml")  # before the long part
+    out = check_writable(out or Path("recipes") / f"{request.recipe_name}.yaml", force)  # before the long part
     result = run_calibration(request, progress=True)
-    path = write_recipe(result.recipe, out)
+    path = write_recipe(result.recipe, out, force)
     Console().print(calibration_view(result))
     click.echo(f"wrote {path}")
 

@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from ..errors import UserError, one_line
 from ..graph.llava import LlavaGraph
 from .checkpoint import save_weights
 from .families import args_from_config, family_of
@@ -271,13 +272,21 @@ def cached_folder(name: str, write, sources: tuple[Path, ...]) -> Path:
     folder = cache_root() / "builtin" / f"{name}-{fingerprint}"
     if folder.is_dir():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    except OSError as error:
+        raise _cache_error(name, error) from None
     try:
         write(name, staging)
         staging.rename(folder)
-    except OSError:
+    except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         if not folder.is_dir():  # another process may have won the race
-            raise
+            raise _cache_error(name, error) from None
     return folder
+
+
+def _cache_error(name: str, error: OSError) -> UserError:
+    where = "$VTPEXPORT_CACHE" if "VTPEXPORT_CACHE" in os.environ else "the default; set $VTPEXPORT_CACHE to move it"
+    return UserError(f"cannot write built-in model {name} to the cache {cache_root()} ({where}): {one_line(error)}")
