@@ -83,7 +83,7 @@ def write_random_checkpoint(
     parameters = list(meta_graph(args).named_parameters())
     total = sum(p.numel() for _, p in parameters) * dtype.itemsize
     generator = torch.Generator().manual_seed(seed)
-    with folder_atomically(out, force, "the checkpoint") as staging:
+    with folder_atomically(out, force, "the checkpoint", _is_checkpoint) as staging:
         weight_map, shard, shard_bytes, shards = {}, {}, 0, []
         with progress_bar("writing weights", len(parameters), "tensor", progress) as bar:
             for our_name, param in parameters:
@@ -107,6 +107,11 @@ def write_random_checkpoint(
             tokenizer.chat_template = family.default_chat_template
             processor_for(config, tokenizer).save_pretrained(staging)
     return Path(out)
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    """What --force may replace: a folder holding a checkpoint (ours or not), never another folder."""
+    return (folder / "config.json").is_file() and (folder / "model.safetensors.index.json").is_file()
 
 
 def _save_shard(shard: dict, folder: Path, index: int, weight_map: dict) -> str:
