@@ -575,7 +575,7 @@ def calibration_view(result: CalibrationResult):
     if run is not None:
         tried = ", ".join(f"{fit.alpha / ALPHA_STEPS:.2f} {'meets' if fit.meets else 'over'}" for fit in run.fits)
         below = f", alpha {run.alpha - 1 / ALPHA_STEPS:.2f}'s does not" if run.alpha > 0 else ""
-        lines.append(f"alpha {run.alpha:.2f} (bisection on the 0.01 grid): its recipe meets the budget{below} ({tried})")
+        lines.append(f"alpha {run.alpha:.2f} (bisected on the 0.01 grid): its recipe meets the budget{below} ({tried})")
         lines.append(f"samples: {run.samples} used, {len(run.skipped)} skipped (seed {provenance['seed']})")
     else:
         lines.append(provenance["solved"])
