@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 DTYPES = ("float32", "float16", "bfloat16")
 BACKENDS = ("ort", "ort-cuda", "ort-trt", "trt")
@@ -30,13 +30,18 @@ class _RegisteredMethods(click.Choice):
 
 
 class _Cli(click.Group):
-    """Prints a UserError as one line and exits with status 2, never a traceback."""
+    """The one error boundary: a UserError, or an error of the filesystem (a full disk, a
+    read-only folder), is printed as one line with exit status 2, never a traceback. Staging
+    folders are already gone: they are removed as the error passes through them."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as error:
             click.echo(f"error: {error}", err=True)
+            ctx.exit(2)
+        except OSError as error:
+            click.echo(f"error: {one_line(error)}", err=True)
             ctx.exit(2)
 
 
@@ -284,16 +289,14 @@ def verify(export_dir, model_spec, weights, data, max_new_tokens, tolerance, bac
 def lint(export_dir: str) -> None:
     """Static TensorRT-compatibility check of an export's graphs; counts each graph's attention
     layers and how many are in a form TensorRT fuses."""
-    from pathlib import Path
-
     from .export.lint import attention_layers, format_issues, lint_model
-    from .export.manifest import read_manifest
+    from .export.manifest import export_file, read_manifest
 
     manifest = read_manifest(export_dir)
     ranges = {name: (r["min"], r["opt"], r["max"]) for name, r in manifest["dims"].items()}
     issues = []
-    for graph in manifest["graphs"].values():
-        path = Path(export_dir) / graph["file"]
+    for name, graph in manifest["graphs"].items():
+        path = export_file(export_dir, graph["file"], f"graphs.{name}.file")
         if not path.is_file():
             raise UserError(f"{path} is missing")
         issues += lint_model(path, graph_name=graph["file"], dim_ranges=ranges)
@@ -427,9 +430,21 @@ def inspect(
 )
 @click.option("--fastv-layer", type=click.IntRange(1), default=2, show_default=True, help="FastV's K.")
 @click.option("--stage-layers", default=None, metavar="L1,L2,..", help="PyramidDrop stage ends (default L/4,L/2,3L/4).")
-@click.option("--device", default="cpu", show_default=True, help="FitPrune: where the model runs (cpu, cuda, ...).")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="FitPrune model dtype.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="FitPrune: where the model runs (auto: CUDA if seen; cpu, cuda:1).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(("auto", *DTYPES)),
+    default="auto",
+    show_default=True,
+    help="FitPrune model dtype (auto: bf16 on a GPU; fp32 on the CPU if it fits, else bf16).",
+)
 @click.option("--out", default=None, help="Recipe file (default: recipes/<name>.yaml).")
+@click.option("--force", is_flag=True, help="Replace an existing recipe file.")
 def calibrate(
     model_spec,
     weights,
@@ -448,6 +463,7 @@ def calibrate(
     device,
     dtype,
     out,
+    force,
 ) -> None:
     """Make a recipe that meets a FLOPs budget: FitPrune from data, PyramidDrop / FastV solved."""
     from pathlib import Path
@@ -483,9 +499,9 @@ def calibrate(
         dtype=dtype,
         name=Path(out).stem if out else None,
     )
-    out = check_writable(out or Path("recipes") / f"{request.recipe_name}.yaml")  # before the long part
+    out = check_writable(out or Path("recipes") / f"{request.recipe_name}.yaml", force)  # before the long part
     result = run_calibration(request, progress=True)
-    path = write_recipe(result.recipe, out)
+    path = write_recipe(result.recipe, out, force)
     Console().print(calibration_view(result))
     click.echo(f"wrote {path}")
 
@@ -596,3 +612,23 @@ def toy_data(out, count, seed, force) -> None:
     from .zoo.toy_data import write_dataset
 
     click.echo(f"wrote {count} samples to {write_dataset(Path(out), count, seed, force) / 'data.jsonl'}")
+
+
+@main.command("random-weights")
+@click.option("--model", "model_name", required=True, help="A model alias (see `vtpexport models`).")
+@click.option("--out", required=True, help="The checkpoint folder to write.")
+@click.option("--layers", type=int, default=None, help="Keep only this many LLM decoder layers (default: all).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="bfloat16", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing folder.")
+def random_weights(model_name, out, layers, dtype, seed, force) -> None:
+    """A random-weight checkpoint of an alias's exact architecture, to dry-run the pipeline
+    (calibrate, build, verify, TensorRT sizing) before the real weights arrive."""
+    import torch
+
+    from .models.random_weights import write_random_checkpoint
+
+    folder = write_random_checkpoint(model_name, out, layers, getattr(torch, dtype), seed, force, progress=True)
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    click.echo(f"wrote {folder} ({size / 1e9:.2f} GB of {dtype} weights)")
+    click.echo(f"use it as: --model {model_name} --weights {folder}")

@@ -98,8 +98,11 @@ class Recipe:
         out["provenance"] = self.provenance
         return out
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(self.to_yaml())
 
     @staticmethod
     def from_dict(data: dict, source: str = "recipe") -> Recipe:

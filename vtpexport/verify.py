@@ -11,7 +11,7 @@ from PIL import Image
 
 from .dataset import load_samples, read_dataset
 from .errors import UserError
-from .export.manifest import changed_files, read_manifest
+from .export.manifest import folder_differences, read_manifest
 from .export.precision import precision
 from .models.loader import LoadedModel, load_model
 from .models.text_encoder import attach_text_encoder
@@ -47,7 +47,7 @@ class VerifyReport:
     samples: int = 0
     graphs: dict[str, GraphCheck] = field(default_factory=dict)
     generations_identical: bool = True
-    changed_files: list[str] = field(default_factory=list)
+    changed_files: list[str] = field(default_factory=list)  # removed, changed, added files and links
 
     @property
     def passed(self) -> bool:
@@ -99,7 +99,7 @@ def verify_export(
     if tolerance is None:
         tolerance = precision(manifest["precision"]).verify_tolerance
     report = VerifyReport(tolerance)
-    report.changed_files = changed_files(folder, manifest)
+    report.changed_files = folder_differences(folder, manifest)
     if report.changed_files:
         return report
     runner = open_runner(folder, backend)

@@ -7,16 +7,28 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import UserError
 from ..graph.llava import LlavaGraph
+from ..safety import inside
+from ..schema import FILE_NAME, Field, MapOf, Record, Tree, load_json, validate
 from .families import family_of
 
 WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# What reading a corrupt or truncated weight file raises (torch.load: RuntimeError).
+WEIGHT_READ_ERRORS = (OSError, RuntimeError, SafetensorError)
+MAX_INDEX_BYTES = 64 << 20  # a 70B index is a few MB
+WEIGHT_INDEX = Record(
+    {
+        "metadata": Field(Tree(mapping=True), required=False),
+        "weight_map": Field(MapOf(FILE_NAME, min_items=1, max_items=1 << 20)),
+    },
+    what="a weight index mapping",
+)
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -24,13 +36,14 @@ def weight_files(folder: Path) -> list[Path]:
     for index_name in WEIGHT_INDEX_FILES:
         index = folder / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            missing = [s for s in shards if not (folder / s).is_file()]
+            document = validate(WEIGHT_INDEX, load_json(index, "weight index", MAX_INDEX_BYTES), str(index))
+            shards = [inside(folder, s, f"{index} weight_map") for s in sorted(set(document["weight_map"].values()))]
+            missing = [s.relative_to(folder.resolve()) for s in shards if not s.is_file()]
             if missing:
                 raise UserError(
                     f"weights folder {folder} is incomplete: {len(missing)} shard(s) missing, e.g. {missing[0]}"
                 )
-            return [folder / s for s in shards]
+            return shards
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return [folder / name]
@@ -69,7 +82,7 @@ def load_weights(graph: LlavaGraph, folder: Path, dtype: torch.dtype) -> None:
                         f"{tuple(expected[name].shape)}: config.json and weights disagree"
                     )
                 loaded[name] = tensor.to(dtype)
-    except (OSError, RuntimeError, json.JSONDecodeError) as error:
+    except WEIGHT_READ_ERRORS as error:
         raise UserError(f"cannot read weights in {folder}: {error}") from None
     if "decoder.lm_head.weight" not in loaded and graph.args.text.tie_word_embeddings:
         loaded["decoder.lm_head.weight"] = loaded.get("decoder.embed_tokens.weight")

@@ -14,7 +14,7 @@ from torch import Tensor
 from transformers import AutoTokenizer
 
 from ..errors import UserError
-from ..export.manifest import read_manifest
+from ..export.manifest import export_file, read_manifest
 from ..export.spec import decode_input_name
 from ..models.families import args_from_config
 from ..models.loader import config_from_folder, load_processing
@@ -49,7 +49,8 @@ class ExportRunner:
         text_encoder = self.manifest.get("text_encoder")
         self.text_tokenizer = None
         if text_encoder is not None:
-            self.text_tokenizer = AutoTokenizer.from_pretrained(self.folder / text_encoder["tokenizer"])
+            tokenizer = export_file(self.folder, text_encoder["tokenizer"], "text_encoder.tokenizer")
+            self.text_tokenizer = AutoTokenizer.from_pretrained(tokenizer)
             self.text_tokenizer.padding_side = "right"
             self.text_len_max = self.manifest["dims"]["text_len"]["max"]
 

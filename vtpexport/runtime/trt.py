@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..export.manifest import export_file
 from ..export.tensorrt import collecting_logger, cuda_device, finish_command, import_tensorrt
 from .exported import ExportRunner, to_numpy, to_torch
 
@@ -55,7 +56,8 @@ class TrtRunner(ExportRunner):
         self.runtime = trt.Runtime(self.logger)
         self.engines, self.contexts = {}, {}
         for graph, file in built["engines"].items():
-            engine = self.runtime.deserialize_cuda_engine((self.folder / file).read_bytes())
+            path = export_file(self.folder, file, f"tensorrt.engines.{graph}")
+            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
                 raise UserError(f"TensorRT cannot load {file}: {'; '.join(self.logger.errors) or 'no message'}")
             self.engines[graph] = engine
