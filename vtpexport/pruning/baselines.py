@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,9 +27,9 @@ def random_patches(num_patches: int, keep: int, seed: int = RANDOM_SEED) -> Tens
     """`keep` of `num_patches` patch indices drawn uniformly without replacement, in raster order.
 
     One draw, the same for every image: a per-image draw would put a random op in the graph,
-    which no serving stack reproduces and `verify` could not compare with the eager reference."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.sort(torch.randperm(num_patches, generator=generator)[:keep]).values
+    which no serving stack reproduces and `verify` could not compare with the eager reference.
+    Drawn with numpy, so the export traces a constant index, not a random op."""
+    return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(num_patches)[:keep]))
 
 
 @register
