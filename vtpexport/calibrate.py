@@ -7,8 +7,9 @@ model's reference image size. Every check against it is exact integer arithmetic
 - FitPrune (METHODS.md): per layer and sample, the attention masses text rows and visual rows
   give the visual tokens in the unpruned model (W_c, W_s); fit(alpha), a layer-by-layer
   simulated forward in which each sample drops its own intersection of the lowest-mass tokens;
-  a bisection on the 0.01 grid of alpha; the recipe of the smallest alpha whose recipe meets the
-  budget by `paper_flops` (the reference code can return one that does not).
+  a bisection on the 0.01 grid of alpha; the recipe of an alpha whose recipe meets the budget by
+  `paper_flops` while the next lower alpha's does not (the reference code can return one that
+  does not meet it).
 - Methods declared "analytic" (PyramidDrop, FastV): their free parameter (lambda, R) solved for
   the budget on a 0.001 grid, without data, by the method's own `solve` (pruning/<method>.py).
 """
@@ -293,7 +294,9 @@ class FitPruneCalibrator:
         return ScheduleSpec("fitprune", drop=tuple(drop), visual_tokens=n)
 
     def search(self, on_step: Callable[[Fit], None] = lambda fit: None) -> tuple[Fit, list[Fit]]:
-        """Bisect alpha on the 0.01 grid for the smallest one whose recipe meets the budget.
+        """Bisect alpha on the 0.01 grid for one whose recipe meets the budget while the next lower
+        alpha's does not. Meeting is not monotone in alpha for every data set, so a smaller
+        meeting alpha can exist below a failing one; the search does not look for it.
 
         Returns that fit and every fit evaluated, in order. Dropping every token after layer 0's
         attention (alpha = 1) is the cheapest plan, so the search starts knowing it meets when
@@ -571,7 +574,8 @@ def calibration_view(result: CalibrationResult):
     lines = []
     if run is not None:
         tried = ", ".join(f"{fit.alpha / ALPHA_STEPS:.2f} {'meets' if fit.meets else 'over'}" for fit in run.fits)
-        lines.append(f"alpha {run.alpha:.2f}: the smallest on the 0.01 grid whose recipe meets the budget ({tried})")
+        below = f", alpha {run.alpha - 1 / ALPHA_STEPS:.2f}'s does not" if run.alpha > 0 else ""
+        lines.append(f"alpha {run.alpha:.2f} (bisected on the 0.01 grid): its recipe meets the budget{below} ({tried})")
         lines.append(f"samples: {run.samples} used, {len(run.skipped)} skipped (seed {provenance['seed']})")
     else:
         lines.append(provenance["solved"])

@@ -597,3 +597,23 @@ def toy_data(out, count, seed, force) -> None:
     from .zoo.toy_data import write_dataset
 
     click.echo(f"wrote {count} samples to {write_dataset(Path(out), count, seed, force) / 'data.jsonl'}")
+
+
+@main.command("random-weights")
+@click.option("--model", "model_name", required=True, help="A model alias (see `vtpexport models`).")
+@click.option("--out", required=True, help="The checkpoint folder to write.")
+@click.option("--layers", type=int, default=None, help="Keep only this many LLM decoder layers (default: all).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="bfloat16", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing folder.")
+def random_weights(model_name, out, layers, dtype, seed, force) -> None:
+    """A random-weight checkpoint of an alias's exact architecture, to dry-run the pipeline
+    (calibrate, build, verify, TensorRT sizing) before the real weights arrive."""
+    import torch
+
+    from .models.random_weights import write_random_checkpoint
+
+    folder = write_random_checkpoint(model_name, out, layers, getattr(torch, dtype), seed, force, progress=True)
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    click.echo(f"wrote {folder} ({size / 1e9:.2f} GB of {dtype} weights)")
+    click.echo(f"use it as: --model {model_name} --weights {folder}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from torch import Tensor
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -174,23 +175,25 @@ SHIPPED_MODELS = {"toy": Path(__file__).resolve().parent.parent / "zoo" / "toy"}
 BUILTIN_NAMES = (*BUILTIN_CONFIGS, *SHIPPED_MODELS)
 
 
+def random_parameter(name: str, shape: torch.Size, generator: torch.Generator) -> Tensor:
+    """One parameter of a random model (fp32): unit-variance activations through every layer."""
+    noise = torch.randn(shape, generator=generator)
+    if "norm" in name and name.endswith("weight"):
+        return 1.0 + 0.1 * noise
+    if name.endswith("bias"):
+        return 0.02 * noise
+    if len(shape) >= 2 and "embed" not in name:
+        return noise / math.sqrt(math.prod(shape[1:]))
+    return noise / math.sqrt(shape[-1]) if len(shape) else noise
+
+
 def init_weights(graph: LlavaGraph, seed: int) -> None:
     """Deterministic weights whose logits are well separated (so greedy decoding is stable).
 
     They go in through load_state_dict, so buffers derived at load time (LLaVA-HR's resampled
     position table) are derived here too."""
     generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, param in graph.named_parameters():
-        noise = torch.randn(param.shape, generator=generator)
-        if "norm" in name and name.endswith("weight"):
-            state[name] = 1.0 + 0.1 * noise
-        elif name.endswith("bias"):
-            state[name] = 0.02 * noise
-        elif param.dim() >= 2 and "embed" not in name:
-            state[name] = noise / math.sqrt(param[0].numel())
-        else:
-            state[name] = noise / math.sqrt(param.shape[-1]) if param.dim() else noise
+    state = {name: random_parameter(name, param.shape, generator) for name, param in graph.named_parameters()}
     dtypes = {name: param.dtype for name, param in graph.named_parameters()}
     graph.load_state_dict({name: value.to(dtypes[name]) for name, value in state.items()}, strict=True)
 
