@@ -385,11 +385,11 @@ def test_force_replaces_only_our_own_folders(export, tmp_path):
     (unrelated / "holiday.jpg").write_bytes(b"precious")
     before = snapshot(tmp_path)
     build = ["build", "--model", MODEL, "--no-prune", "--force"]
-    refused(invoke(*build, "--out", unrelated), f"{unrelated} is not the export written by vtpexport")
-    refused(invoke(*build, "--out", unrelated / "holiday.jpg"), "is not the export written by vtpexport")
+    refused(invoke(*build, "--out", unrelated), f"{unrelated} is not a vtpexport export: --force replaces only those")
+    refused(invoke(*build, "--out", unrelated / "holiday.jpg"), "holiday.jpg is not a vtpexport export")
     refused(
         invoke("build", "--from", export, "--triton-repo", unrelated, "--force"),
-        f"{unrelated} is not the Triton repository written by vtpexport",
+        f"{unrelated} is not a vtpexport Triton repository",
     )
     assert snapshot(tmp_path) == before
 
