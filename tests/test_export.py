@@ -85,6 +85,8 @@ SELECTORS = {
     "prumerge-k8": SelectorSpec("prumerge", tokens=8),
     "prumerge+-k10": SelectorSpec("prumerge+", tokens=10),
     "recover-fixed": SelectorSpec("recover", tokens=6, text_tokens=4, merge_tokens=3),
+    "random-k12": SelectorSpec("random", tokens=12),
+    "pool-k9": SelectorSpec("pool", tokens=9),
 }
 
 

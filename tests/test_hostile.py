@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import random_image
 
@@ -194,6 +195,16 @@ def test_verify_fails_on_every_added_removed_or_changed_byte(export):
     (export / "notes.txt").unlink()
 
 
+class Payload:
+    """Pickled, it is code that would create `marker` when a checkpoint is loaded unsafely."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
 def model_folder(tmp_path: Path) -> Path:
     """A private copy of the tiny built-in model's checkpoint folder."""
     from vtpexport.models.builtin import builtin_folder
@@ -217,6 +228,12 @@ def test_crafted_checkpoints_are_refused(tmp_path, image):
     weights.write_bytes(b"\xff" * 64)
     refused(invoke(*run), f"cannot read weights in {folder}")
     weights.unlink()
+
+    marker = tmp_path / "pickle-ran"
+    torch.save({"w": Payload(marker)}, folder / "pytorch_model.bin")
+    refused(invoke(*run), f"cannot read weights in {folder}", "Weights only load failed")
+    assert not marker.exists()
+    (folder / "pytorch_model.bin").unlink()
 
     indexes = {
         "up and out": ({"weight_map": {"w": "../secret.safetensors"}}, "weight_map.w must be a relative file name"),
@@ -284,7 +301,7 @@ OVERSIZED = {
 }
 
 
-def test_oversized_images_are_refused_from_their_header(tmp_path, image):
+def test_oversized_images_are_refused_from_their_header(tmp_path, export):
     recipe = tmp_path / "fastv.yaml"
     from vtpexport.models.loader import architecture
     from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec
@@ -298,6 +315,14 @@ def test_oversized_images_are_refused_from_their_header(tmp_path, image):
         refused(invoke("run", "--model", MODEL, *question), str(path), message)
         refused(invoke("viz", "--recipe", recipe, *question, "--out", tmp_path / "v.png"), str(path), message)
     assert not (tmp_path / "v.png").exists()
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"image": str(path), "question": "What?"}) + "\n")  # the last, PIL's bomb
+    for command in (
+        ["bench", export, "--baseline", export, "--image", path, "--prompt", "What?"],
+        ["eval", export, "--data", data],
+        ["verify", export, "--data", data],
+    ):
+        refused(invoke(*command), str(path), message)
 
 
 def test_an_elongated_image_costs_no_memory(tmp_path, image):
@@ -360,11 +385,11 @@ def test_force_replaces_only_our_own_folders(export, tmp_path):
     (unrelated / "holiday.jpg").write_bytes(b"precious")
     before = snapshot(tmp_path)
     build = ["build", "--model", MODEL, "--no-prune", "--force"]
-    refused(invoke(*build, "--out", unrelated), f"{unrelated} is not the export written by vtpexport")
-    refused(invoke(*build, "--out", unrelated / "holiday.jpg"), "is not the export written by vtpexport")
+    refused(invoke(*build, "--out", unrelated), f"{unrelated} is not a vtpexport export: --force replaces only those")
+    refused(invoke(*build, "--out", unrelated / "holiday.jpg"), "holiday.jpg is not a vtpexport export")
     refused(
         invoke("build", "--from", export, "--triton-repo", unrelated, "--force"),
-        f"{unrelated} is not the Triton repository written by vtpexport",
+        f"{unrelated} is not a vtpexport Triton repository",
     )
     assert snapshot(tmp_path) == before
 

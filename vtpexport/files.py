@@ -87,7 +87,8 @@ def _check_replaceable(out: Path, force: bool, what: str, ours: Callable[[Path],
     if not force:
         raise UserError(_appeared(out, what) if appeared else f"{out} already exists; pass --force to replace it")
     if out.is_symlink() or not out.is_dir() or not ours(out):
-        raise UserError(f"{out} is not {what} written by vtpexport: --force replaces only those; remove it yourself")
+        kind = what.removeprefix("the ")
+        raise UserError(f"{out} is not a vtpexport {kind}: --force replaces only those; remove it yourself")
     return True
 
 

@@ -4,6 +4,7 @@ family (`models.tensor_names`)."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..graph.llava import LlavaGraph
 from ..safety import inside
 from ..schema import FILE_NAME, Field, MapOf, Record, Tree, load_json, validate
@@ -19,8 +20,9 @@ from .families import family_of
 
 WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# What reading a corrupt or truncated weight file raises (torch.load: RuntimeError).
-WEIGHT_READ_ERRORS = (OSError, RuntimeError, SafetensorError)
+# What reading a corrupt or truncated weight file raises (torch.load: RuntimeError; a pickle
+# with code in it, which weights_only refuses to run: UnpicklingError).
+WEIGHT_READ_ERRORS = (OSError, RuntimeError, SafetensorError, pickle.UnpicklingError)
 MAX_INDEX_BYTES = 64 << 20  # a 70B index is a few MB
 WEIGHT_INDEX = Record(
     {
@@ -83,7 +85,7 @@ def load_weights(graph: LlavaGraph, folder: Path, dtype: torch.dtype) -> None:
                     )
                 loaded[name] = tensor.to(dtype)
     except WEIGHT_READ_ERRORS as error:
-        raise UserError(f"cannot read weights in {folder}: {error}") from None
+        raise UserError(f"cannot read weights in {folder}: {one_line(error)}") from None
     if "decoder.lm_head.weight" not in loaded and graph.args.text.tie_word_embeddings:
         loaded["decoder.lm_head.weight"] = loaded.get("decoder.embed_tokens.weight")
     missing = sorted(set(expected) - {k for k, v in loaded.items() if v is not None})

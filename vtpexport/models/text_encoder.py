@@ -16,7 +16,7 @@ import torch
 from tokenizers import processors
 from transformers import AutoConfig, AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..graph.args import VisionArgs
 from ..graph.text_encoder import ClipTextArgs, ClipTextEncoder
 from .builtin import BUILTIN_CONFIGS, byte_tokenizer, cached_folder
@@ -143,7 +143,7 @@ def load_text_encoder(folder: Path, vision: VisionArgs, dtype: torch.dtype = tor
                     raise UserError(f"unexpected tensor {key!r} {tuple(tensor.shape)} in {path}: not a CLIPModel?")
                 loaded[name] = tensor.to(dtype)
     except WEIGHT_READ_ERRORS as error:
-        raise UserError(f"cannot read the text encoder weights in {folder}: {error}") from None
+        raise UserError(f"cannot read the text encoder weights in {folder}: {one_line(error)}") from None
     missing = sorted(set(expected) - set(loaded))
     if missing:
         raise UserError(f"text encoder {folder} is incomplete: {len(missing)} tensor(s) missing, e.g. {missing[0]!r}")
