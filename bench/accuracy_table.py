@@ -31,6 +31,7 @@ from vtpexport.errors import UserError
 from vtpexport.eval import evaluate
 from vtpexport.flops import paper_layer_macs
 from vtpexport.models.loader import architecture
+from vtpexport.pruning.registry import methods
 from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
 
 SHARES = (0.5, 0.25, 0.11)
@@ -50,8 +51,8 @@ def make_recipe(method: str, share: float, model: str, calib_data: str | None, s
     _, n_image, _ = reference_image(args)
     name = f"{method}-s{round(100 * share):02d}"
     ref = ModelRef(args.family, model, args.config_hash())
-    if method in ("fopru-rank", "prumerge") and args.family == "llava-next":
-        raise UserError(f"{method} is not supported on LLaVA-NeXT anyres images yet")
+    if method in methods("selector") and not args.layout.selectors:
+        raise UserError(f"{method} is not supported on {args.family}'s {args.layout.rule} images yet")
     if method == "fopru-rank":
         return Recipe(name, ref, selector=SelectorSpec("fopru-rank", ratio=share))
     if method == "prumerge":

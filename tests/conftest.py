@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -5,9 +6,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
-torch.set_num_threads(2)
+# The suite runs on pytest-xdist workers, one per core: one torch thread each keeps the cores
+# from being oversubscribed (a lone run may use two).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+torch.set_num_threads(1 if WORKER else 2)
+
+
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder every xdist worker of this run sees (a worker's base temp is one level below
+    the run's); the worker's own base temp when running alone."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if WORKER else base) / name
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -66,26 +80,29 @@ def write_labelled_data(folder: Path, count: int, sizes=((48, 48), (60, 90))) ->
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
-    """Export folders of the tiny models, built lazily and once per session:
-    get(model, name="unpruned", selector=None, schedule=None)."""
+    """Export folders of the tiny models, built lazily and once per test run (shared by the
+    xdist workers: the first to ask builds, under a lock, the others wait and reuse):
+    get(model, name="unpruned", selector=None, schedule=None). Tests never modify them."""
     from vtpexport.export.build import build_onnx
     from vtpexport.models.loader import architecture
     from vtpexport.recipe import ModelRef, Recipe
 
-    root = tmp_path_factory.mktemp("shared-exports")
-    built = {}
+    root = shared_dir(tmp_path_factory, "shared-exports")
 
     def get(model_name: str, name: str = "unpruned", selector=None, schedule=None) -> Path:
-        key = (model_name, name, selector, schedule)
-        if key not in built:
-            recipe_path = None
-            if name != "unpruned":
-                args = architecture(model_name)
-                recipe_path = root / f"{model_name}-{name}.yaml"
-                model = ModelRef(args.family, model_name, args.config_hash())
-                Recipe(name, model, selector, schedule).save(recipe_path)
-            out = root / f"{model_name}-{name}-{len(built)}"
-            built[key] = build_onnx(model_name, str(recipe_path) if recipe_path else None, str(out))
-        return built[key]
+        args = architecture(model_name)
+        recipe = None
+        if name != "unpruned":
+            recipe = Recipe(name, ModelRef(args.family, model_name, args.config_hash()), selector, schedule)
+        key = hashlib.sha256(repr((model_name, name, selector, schedule)).encode()).hexdigest()[:16]
+        out = root / f"{model_name}-{name}-{key}"
+        with FileLock(f"{out}.lock"):
+            if not (out / "manifest.json").is_file():
+                recipe_path = None
+                if recipe is not None:
+                    recipe_path = root / f"{out.name}.yaml"
+                    recipe.save(recipe_path)
+                build_onnx(model_name, str(recipe_path) if recipe_path else None, str(out))
+        return out
 
     return get

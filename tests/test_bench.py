@@ -1,12 +1,14 @@
 """`vtpexport bench`: runs both sides, writes the JSON and the table (no timing assertions)."""
 
 import json
+import shutil
 
 from click.testing import CliRunner
 from conftest import write_labelled_data
 from test_cli import assert_one_line_error
 
 from vtpexport.cli import main
+from vtpexport.export.manifest import read_manifest, update_manifest
 from vtpexport.recipe import ScheduleSpec
 
 
@@ -50,10 +52,9 @@ def test_bench_one_image(tmp_path, image_file, exports):
 def test_bench_bad_input(tmp_path, image_file, exports):
     unpruned = exports("tiny-llava-1.5")
     other = tmp_path / "other"
-    other.mkdir()
-    manifest = json.loads((unpruned / "manifest.json").read_text())
-    manifest["model"] = {**manifest["model"], "name": "some-other-model", "config_hash": "0" * 16}
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copytree(unpruned, other)
+    model = read_manifest(other)["model"]
+    update_manifest(other, model={**model, "name": "some-other-model", "config_hash": "0" * 16})
     cases = [
         ([unpruned, "--baseline", unpruned], r"give either --data or --image"),
         ([unpruned, "--baseline", unpruned, "--image", image_file], r"--image needs a question"),

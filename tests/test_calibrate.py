@@ -26,6 +26,7 @@ from vtpexport.calibrate import (
 )
 from vtpexport.cli import main
 from vtpexport.dataset import load_samples, read_dataset, select_records
+from vtpexport.errors import UserError
 from vtpexport.flops import paper_flops
 from vtpexport.graph.decoder import Sequence
 from vtpexport.models.loader import architecture
@@ -401,7 +402,10 @@ def test_unwritable_out(tmp_path):
         (["--selector-ratio", "0.5"], r"--selector-ratio and --selector-tokens need --selector"),
         (["--selector", "fopru-rank"], r"fopru-rank needs ratio, a number in \(0, 1\]"),
         (["--device", "cuda:7"], r"--device cuda:7"),
-        (["--model", "tiny-llava-next", "--selector", "fopru-rank", "--selector-ratio", "0.5"], r"LLaVA-NeXT"),
+        (
+            ["--model", "tiny-llava-next", "--selector", "fopru-rank", "--selector-ratio", "0.5"],
+            r"llava-next.s anyres images",
+        ),
         (["--method", "pyramiddrop", "--stage-layers", "2,x"], r"--stage-layers wants layer numbers"),
         (["--method", "fastv", "--fastv-layer", "4"], r"fastv layer must be in \[1, 4\)"),
     ],
@@ -410,3 +414,22 @@ def test_bad_options(tmp_path, args, pattern):
     out = tmp_path / "r.yaml"
     assert_one_line_error(invoke(*fitprune_args(out), *args), pattern)
     assert not out.exists()
+
+
+def test_a_model_too_big_for_memory_is_refused_before_any_weight_is_read(tmp_path, monkeypatch):
+    """llava-1.5-7b in float32 (7.06 B parameters: 28 GB) on a 24 GiB machine: one line naming the
+    fix, nothing written, and no weights needed to say so; `auto` calibrates it in bfloat16 instead."""
+    from vtpexport import devices
+
+    args = architecture("llava-1.5-7b")
+    assert round(devices.weight_bytes(args, torch.float32) / 4e9, 2) == 7.06
+    monkeypatch.setattr(devices, "available_bytes", lambda device: 22 << 30)
+    out = tmp_path / "r.yaml"
+    result = invoke("--model", "llava-1.5-7b", "--flops-budget", "0.45", "--dtype", "float32", "--out", str(out))
+    assert_one_line_error(result, r"weights need 28\.3 GB in float32 .* use --dtype bfloat16 \(14\.1 GB\)")
+    assert not out.exists()
+    assert devices.resolve_dtype("auto", args, torch.device("cpu")) == torch.bfloat16
+    assert devices.resolve_dtype("auto", architecture("tiny-llava-1.5"), torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(devices, "available_bytes", lambda device: 4 << 30)
+    with pytest.raises(UserError, match="use a machine \\(or --device\\) with more memory"):
+        devices.resolve_dtype("bfloat16", args, torch.device("cpu"))

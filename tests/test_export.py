@@ -86,6 +86,8 @@ SELECTORS = {
     "prumerge-k8": SelectorSpec("prumerge", tokens=8),
     "prumerge+-k10": SelectorSpec("prumerge+", tokens=10),
     "recover-fixed": SelectorSpec("recover", tokens=6, text_tokens=4, merge_tokens=3),
+    "random-k12": SelectorSpec("random", tokens=12),
+    "pool-k9": SelectorSpec("pool", tokens=9),
 }
 
 
@@ -201,7 +203,7 @@ def test_cli_build_run_verify_lint(tmp_path, image_file):
     tampered = out / "llm.onnx"
     tampered.write_bytes(tampered.read_bytes() + b"\0")
     result = invoke("verify", out)
-    assert result.exit_code == 1 and "llm.onnx (sha256 differs)" in result.output, result.output
+    assert result.exit_code == 1 and "llm.onnx (changed)" in result.output, result.output
 
 
 def test_cli_build_refuses_bad_input(tmp_path):

@@ -7,7 +7,6 @@ from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
 
 from vtpexport.errors import UserError
 from vtpexport.models.aliases import ALIASES
-from vtpexport.models.anyres import num_image_tokens
 from vtpexport.models.builtin import byte_tokenizer, write_builtin
 from vtpexport.models.loader import architecture, load_model, meta_graph, resolve_model
 from vtpexport.models.prompt import PromptParts, check_context, format_prompt
@@ -62,7 +61,7 @@ def test_anyres_token_count_matches_transformers_processor(size):
         num_additional_image_tokens=1,
     )
     expected = processor._get_number_of_features(*size, 336, 336) - 1
-    assert num_image_tokens(size, args) == expected
+    assert args.layout.num_tokens(size) == expected
     if size == (672, 672):
         assert expected == 2928  # the largest: a 2x2 grid with nothing unpadded
 

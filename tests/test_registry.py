@@ -26,7 +26,7 @@ from vtpexport.runtime.eager import greedy_generate, image_embeddings, prepare
 
 
 def test_every_method_is_declared_once_with_fields_of_its_spec():
-    assert names("selector") == ("fopru-rank", "fopru-row", "prumerge", "prumerge+", "recover")
+    assert names("selector") == ("fopru-rank", "fopru-row", "pool", "prumerge", "prumerge+", "random", "recover")
     assert names("schedule") == ("fastv", "fitprune", "pyramiddrop")
     for kind, spec_type in (("selector", SelectorSpec), ("schedule", ScheduleSpec)):
         spec_fields = set(spec_type.__dataclass_fields__)

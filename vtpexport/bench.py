@@ -33,8 +33,8 @@ from .errors import UserError
 from .eval import Compute, adaptive_counted, add_compute
 from .files import write_atomically
 from .flops import cache_lengths, exact_decode_macs
-from .models.anyres import num_image_tokens
 from .models.images import load_image
+from .progress import progress_bar
 
 MiB = 1 << 20
 
@@ -159,8 +159,6 @@ def benchmark(
     progress: bool = False,
     backend: str = "ort",
 ) -> BenchReport:
-    from tqdm import tqdm
-
     from .export.manifest import read_manifest
 
     prompts = workload(data, image, prompt, limit)
@@ -174,7 +172,7 @@ def benchmark(
     images = [load_image(path) for path, _ in prompts]
     runners = {path: _runner(path, backend) for path in (folder, baseline)}
     sides = {path: Side(manifests[path]["name"], str(path), decode_tokens=decode_tokens) for path in runners}
-    bar = tqdm(total=(repeats + 1) * 2, desc="benchmarking", unit="pass", disable=None if progress else True)
+    bar = progress_bar("benchmarking", (repeats + 1) * 2, "pass", progress)
     with bar:
         for repeat in range(-1, repeats):  # -1: the warm-up pass, not recorded
             for path, runner in runners.items():
@@ -195,7 +193,7 @@ def benchmark(
 def _count(side: Side, runner, image, batch) -> None:
     args, recipe = runner.args, runner.recipe
     add_compute(side.compute, args, recipe, image, batch, 0)
-    n_image = num_image_tokens((image.height, image.width), args)
+    n_image = args.layout.num_tokens((image.height, image.width))
     entering = batch.num_image_tokens[0]
     text = (len(batch.parts[0].prefix_ids), len(batch.parts[0].suffix_ids))
     lengths = cache_lengths(args, adaptive_counted(recipe, entering), n_image, *text)

@@ -7,8 +7,9 @@ model's reference image size. Every check against it is exact integer arithmetic
 - FitPrune (METHODS.md): per layer and sample, the attention masses text rows and visual rows
   give the visual tokens in the unpruned model (W_c, W_s); fit(alpha), a layer-by-layer
   simulated forward in which each sample drops its own intersection of the lowest-mass tokens;
-  a bisection on the 0.01 grid of alpha; the recipe of the smallest alpha whose recipe meets the
-  budget by `paper_flops` (the reference code can return one that does not).
+  a bisection on the 0.01 grid of alpha; the recipe of an alpha whose recipe meets the budget by
+  `paper_flops` while the next lower alpha's does not (the reference code can return one that
+  does not meet it).
 - Methods declared "analytic" (PyramidDrop, FastV): their free parameter (lambda, R) solved for
   the budget on a 0.001 grid, without data, by the method's own `solve` (pruning/<method>.py).
 """
@@ -16,8 +17,6 @@ model's reference image size. Every check against it is exact integer arithmetic
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,11 +29,12 @@ from torch import Tensor
 
 from . import __version__, files
 from .dataset import Samples, load_samples, read_dataset, select_records
+from .devices import dtype_name, resolve_device, resolve_dtype
 from .errors import UserError
 from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
 from .graph.args import LlavaArgs
 from .graph.decoder import Decoder, LayerAttention, Sequence
-from .models.anyres import num_image_tokens, num_tiles
+from .progress import progress_bar, track
 from .pruning.fitprune import scored_rows_probs
 from .pruning.prefill import PrefillHook
 from .pruning.registry import schedule_method
@@ -65,9 +65,8 @@ def parse_budget(value: str | float) -> Fraction:
 def reference_image(args: LlavaArgs) -> tuple[tuple[int, int], int, int]:
     """(height, width), visual tokens and CLIP tiles of the image size budgets are computed at:
     the native size, or LLaVA-NeXT's largest tiling (as `vtpexport inspect` counts by default)."""
-    sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.input_image_size,) * 2]
-    size = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
-    return size, num_image_tokens(size, args), num_tiles(size, args)
+    size = args.layout.reference_size()
+    return size, args.layout.num_tokens(size), args.layout.num_tiles(size)
 
 
 @dataclass(frozen=True)
@@ -291,7 +290,9 @@ class FitPruneCalibrator:
         return ScheduleSpec("fitprune", drop=tuple(drop), visual_tokens=n)
 
     def search(self, on_step: Callable[[Fit], None] = lambda fit: None) -> tuple[Fit, list[Fit]]:
-        """Bisect alpha on the 0.01 grid for the smallest one whose recipe meets the budget.
+        """Bisect alpha on the 0.01 grid for one whose recipe meets the budget while the next lower
+        alpha's does not. Meeting is not monotone in alpha for every data set, so a smaller
+        meeting alpha can exist below a failing one; the search does not look for it.
 
         Returns that fit and every fit evaluated, in order. Dropping every token after layer 0's
         attention (alpha = 1) is the cheapest plan, so the search starts knowing it meets when
@@ -346,7 +347,7 @@ def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, devi
             prompts.append(
                 PromptState(
                     prompt_sequence(graph.decoder, batch, device),
-                    num_image_tokens((image.height, image.width), args),
+                    args.layout.num_tokens((image.height, image.width)),
                     batch.num_image_tokens[0],
                 )
             )
@@ -375,8 +376,8 @@ class CalibrationRequest:
     stop_rule: str = "recipe"  # fitprune: see FitPruneCalibrator
     fastv_layer: int = 2
     stage_layers: tuple[int, ...] | None = None  # pyramiddrop; None: L/4, L/2, 3L/4
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str = "auto"
+    dtype: str = "auto"
     name: str | None = None  # None: [<selector>-]<method>-<model>-b<budget digits>, e.g. fitprune-llava-1.5-7b-b045
 
     @property
@@ -432,11 +433,6 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
     if request.selector is not None:
         request.selector.validate()
         check_selector(args, request.selector)
-        if args.family == "llava-next":
-            raise UserError(
-                f"selector {request.selector.method} is not supported on LLaVA-NeXT anyres images yet; "
-                "calibrate the schedule alone"
-            )
     size, n_image, tiles = reference_image(args)
     budget = Budget(fraction, args, ModelRef(args.family, source.name, args.config_hash()), n_image, request.selector)
     provenance = {
@@ -480,22 +476,21 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
 def _calibrate_fitprune(
     request: CalibrationRequest, budget: Budget, progress: bool
 ) -> tuple[ScheduleSpec, FitPruneRun, dict]:
-    from tqdm import tqdm
-
     from .models.loader import load_model
 
     if budget.visual_tokens == 0:
         raise UserError("the selector leaves no visual tokens: there is nothing for fitprune to prune")
     if not budget.meets(fitprune_floor(budget)):
         raise budget.unreachable("fitprune", fitprune_floor(budget), "every visual token dropped after layer 0")
-    device, dtype = _device(request.device), _dtype(request.dtype)
+    device = resolve_device(request.device)
+    dtype = resolve_dtype(request.dtype, budget.args, device)  # before a weight is read
     if request.data is None and not DEFAULT_DATA.is_file():
         raise UserError(f"the default calibration set is missing ({DEFAULT_DATA}); pass --data")
     records = read_dataset(DEFAULT_DATA if request.data is None else request.data)
     samples = load_samples(select_records(records, request.samples, request.seed), request.skip_bad)
 
     def bar(description: str, total: int):
-        return lambda items: tqdm(items, desc=description, total=total, disable=None if progress else True)
+        return lambda items: track(items, description, total, "sample", progress)
 
     model = load_model(request.model, request.weights, dtype)
     model.graph.to(device)
@@ -503,7 +498,7 @@ def _calibrate_fitprune(
     prompts = prepare_prompts(model, samples, request.selector, device, bar("embedding samples", count))
     calibrator = FitPruneCalibrator(model.graph.decoder, prompts, budget, request.stop_rule)
     calibrator.collect_reference(bar("reference statistics", count))
-    with tqdm(desc="searching alpha", total=7, disable=None if progress else True) as steps:
+    with progress_bar("searching alpha", 7, "fit", progress) as steps:
 
         def on_step(fit: Fit) -> None:
             steps.set_postfix(alpha=f"{fit.alpha / ALPHA_STEPS:.2f}", ratio=f"{fit.report.ratio:.4f}", refresh=False)
@@ -521,7 +516,7 @@ def _calibrate_fitprune(
         "samples": count,
         "skipped": len(samples.skipped),
         "seed": request.seed,
-        "dtype": request.dtype,
+        "dtype": dtype_name(dtype),
         "device": str(device),
     }
     return best.schedule, run, provenance
@@ -535,49 +530,27 @@ def _median(values: list[int]) -> int:
     return sorted(values)[len(values) // 2]
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device: unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(device.type, False):
-        raise UserError(f"--device {name}: no such device is available here")
-    return device
-
-
-def _dtype(name: str) -> torch.dtype:
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if name not in dtypes:
-        raise UserError(f"--dtype must be one of {', '.join(dtypes)}, got {name!r}")
-    return dtypes[name]
-
-
 # --- writing the recipe ------------------------------------------------------------------------
 
 
-def check_writable(path: str | Path) -> Path:
-    """Refuse an --out that cannot be written, before any work is done."""
-    return files.check_writable(path, "the recipe")
+def check_writable(path: str | Path, force: bool = False) -> Path:
+    """Refuse an --out that cannot be written, or that exists without `force`, before any work is done."""
+    path = files.check_writable(path, "the recipe")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to replace it")
+    return path
 
 
-def write_recipe(recipe: Recipe, path: str | Path) -> Path:
-    """Write atomically: a temporary file in the same folder, renamed into place."""
-    path = check_writable(path)
+def write_recipe(recipe: Recipe, path: str | Path, force: bool = False) -> Path:
+    """Write atomically (a temporary file in the same folder, renamed into place); an existing
+    file is replaced only with `force`, even one that appeared during the calibration."""
+    path = check_writable(path, force)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
         raise UserError(f"cannot write the recipe to {path}: {error.strerror or error}") from None
-    try:
-        os.close(handle)
-        recipe.save(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a recipe is an ordinary file
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise UserError(f"cannot write the recipe to {path}: {error.strerror or error}") from None
-    return path
+    text = recipe.to_yaml().encode()
+    return files.write_atomically(path, lambda stream: stream.write(text), "the recipe", replace=force)
 
 
 # --- what the command prints -------------------------------------------------------------------
@@ -597,7 +570,8 @@ def calibration_view(result: CalibrationResult):
     lines = []
     if run is not None:
         tried = ", ".join(f"{fit.alpha / ALPHA_STEPS:.2f} {'meets' if fit.meets else 'over'}" for fit in run.fits)
-        lines.append(f"alpha {run.alpha:.2f}: the smallest on the 0.01 grid whose recipe meets the budget ({tried})")
+        below = f", alpha {run.alpha - 1 / ALPHA_STEPS:.2f}'s does not" if run.alpha > 0 else ""
+        lines.append(f"alpha {run.alpha:.2f} (bisected on the 0.01 grid): its recipe meets the budget{below} ({tried})")
         lines.append(f"samples: {run.samples} used, {len(run.skipped)} skipped (seed {provenance['seed']})")
     else:
         lines.append(provenance["solved"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 DTYPES = ("float32", "float16", "bfloat16")
 BACKENDS = ("ort", "ort-cuda", "ort-trt", "trt")
@@ -30,13 +30,18 @@ class _RegisteredMethods(click.Choice):
 
 
 class _Cli(click.Group):
-    """Prints a UserError as one line and exits with status 2, never a traceback."""
+    """The one error boundary: a UserError, or an error of the filesystem (a full disk, a
+    read-only folder), is printed as one line with exit status 2, never a traceback. Staging
+    folders are already gone: they are removed as the error passes through them."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as error:
             click.echo(f"error: {error}", err=True)
+            ctx.exit(2)
+        except OSError as error:
+            click.echo(f"error: {one_line(error)}", err=True)
             ctx.exit(2)
 
 
@@ -264,7 +269,7 @@ def verify(export_dir, model_spec, weights, data, max_new_tokens, tolerance, bac
 
     from .verify import verify_export
 
-    report = verify_export(export_dir, model_spec, weights, data, max_new_tokens, tolerance, backend)
+    report = verify_export(export_dir, model_spec, weights, data, max_new_tokens, tolerance, backend, progress=True)
     if report.changed_files:
         click.echo(f"error: {export_dir} does not match its manifest: {', '.join(report.changed_files)}", err=True)
         raise SystemExit(1)
@@ -284,23 +289,22 @@ def verify(export_dir, model_spec, weights, data, max_new_tokens, tolerance, bac
 def lint(export_dir: str) -> None:
     """Static TensorRT-compatibility check of an export's graphs; counts each graph's attention
     layers and how many are in a form TensorRT fuses, and refuses a weight stored twice."""
-    from pathlib import Path
-
     from .export.lint import attention_layers, duplicated_weights, format_issues, lint_model
-    from .export.manifest import read_manifest
+    from .export.manifest import export_file, read_manifest
 
     manifest = read_manifest(export_dir)
     ranges = {name: (r["min"], r["opt"], r["max"]) for name, r in manifest["dims"].items()}
-    issues = []
-    for graph in manifest["graphs"].values():
-        path = Path(export_dir) / graph["file"]
+    issues, paths = [], []
+    for name, graph in manifest["graphs"].items():
+        path = export_file(export_dir, graph["file"], f"graphs.{name}.file")
         if not path.is_file():
             raise UserError(f"{path} is missing")
         issues += lint_model(path, graph_name=graph["file"], dim_ranges=ranges)
         layers = attention_layers(path)
         fusable = sum(layer.fusable for layer in layers)
         click.echo(f"{graph['file']}: {len(layers)} attention layers, {fusable} fusable")
-    issues += duplicated_weights(Path(export_dir) / graph["file"] for graph in manifest["graphs"].values())
+        paths.append(path)
+    issues += duplicated_weights(paths)
     if issues:
         click.echo(format_issues(issues).rstrip())
         reason = manifest.get("onnx_runtime_only")
@@ -346,7 +350,6 @@ def inspect(
     from rich.console import Console
 
     from .flops import cache_lengths, exact_decode_macs, exact_prefill_macs, paper_flops
-    from .models.anyres import num_image_tokens, num_tiles
     from .models.loader import architecture
     from .recipe import Recipe
     from .viz import flops_view, plot_token_pyramid
@@ -356,8 +359,7 @@ def inspect(
     args = architecture(model_name)
     recipe.check_model(args, model_name)
     if image_size is None:
-        sizes = [tuple(p) for p in args.image_grid_pinpoints] or [(args.input_image_size,) * 2]
-        size = max(sizes, key=lambda hw: (hw[0] * hw[1], hw))
+        size = args.layout.reference_size()
     else:
         try:
             size = tuple(int(x) for x in image_size.lower().split("x"))
@@ -365,7 +367,7 @@ def inspect(
             size = ()
         if len(size) != 2 or min(size) < 1:
             raise UserError(f"--image-size wants HEIGHTxWIDTH in pixels (e.g. 672x672), got {image_size!r}")
-    n_image, tiles = num_image_tokens(size, args), num_tiles(size, args)
+    n_image, tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
     heading = f"{recipe.name} on {model_name} ({args.family}), {size[0]}x{size[1]} image: {n_image} visual tokens"
     if recipe.visual_tokens(args, n_image) is None:
         if plot_path:
@@ -430,9 +432,21 @@ def inspect(
 )
 @click.option("--fastv-layer", type=click.IntRange(1), default=2, show_default=True, help="FastV's K.")
 @click.option("--stage-layers", default=None, metavar="L1,L2,..", help="PyramidDrop stage ends (default L/4,L/2,3L/4).")
-@click.option("--device", default="cpu", show_default=True, help="FitPrune: where the model runs (cpu, cuda, ...).")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="FitPrune model dtype.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="FitPrune: where the model runs (auto: CUDA if seen; cpu, cuda:1).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(("auto", *DTYPES)),
+    default="auto",
+    show_default=True,
+    help="FitPrune model dtype (auto: bf16 on a GPU; fp32 on the CPU if it fits, else bf16).",
+)
 @click.option("--out", default=None, help="Recipe file (default: recipes/<name>.yaml).")
+@click.option("--force", is_flag=True, help="Replace an existing recipe file.")
 def calibrate(
     model_spec,
     weights,
@@ -451,6 +465,7 @@ def calibrate(
     device,
     dtype,
     out,
+    force,
 ) -> None:
     """Make a recipe that meets a FLOPs budget: FitPrune from data, PyramidDrop / FastV solved."""
     from pathlib import Path
@@ -486,9 +501,9 @@ def calibrate(
         dtype=dtype,
         name=Path(out).stem if out else None,
     )
-    out = check_writable(out or Path("recipes") / f"{request.recipe_name}.yaml")  # before the long part
+    out = check_writable(out or Path("recipes") / f"{request.recipe_name}.yaml", force)  # before the long part
     result = run_calibration(request, progress=True)
-    path = write_recipe(result.recipe, out)
+    path = write_recipe(result.recipe, out, force)
     Console().print(calibration_view(result))
     click.echo(f"wrote {path}")
 
@@ -599,3 +614,23 @@ def toy_data(out, count, seed, force) -> None:
     from .zoo.toy_data import write_dataset
 
     click.echo(f"wrote {count} samples to {write_dataset(Path(out), count, seed, force) / 'data.jsonl'}")
+
+
+@main.command("random-weights")
+@click.option("--model", "model_name", required=True, help="A model alias (see `vtpexport models`).")
+@click.option("--out", required=True, help="The checkpoint folder to write.")
+@click.option("--layers", type=int, default=None, help="Keep only this many LLM decoder layers (default: all).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="bfloat16", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing folder.")
+def random_weights(model_name, out, layers, dtype, seed, force) -> None:
+    """A random-weight checkpoint of an alias's exact architecture, to dry-run the pipeline
+    (calibrate, build, verify, TensorRT sizing) before the real weights arrive."""
+    import torch
+
+    from .models.random_weights import write_random_checkpoint
+
+    folder = write_random_checkpoint(model_name, out, layers, getattr(torch, dtype), seed, force, progress=True)
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    click.echo(f"wrote {folder} ({size / 1e9:.2f} GB of {dtype} weights)")
+    click.echo(f"use it as: --model {model_name} --weights {folder}")

@@ -32,8 +32,8 @@ from .export.manifest import read_manifest
 from .files import write_atomically
 from .flops import exact_prefill_macs, paper_flops
 from .graph.args import LlavaArgs
-from .models.anyres import num_image_tokens, num_tiles
 from .models.loader import LoadedModel, load_model
+from .progress import progress_bar
 from .recipe import Recipe
 from .runtime.batch import PreparedBatch
 from .runtime.eager import generate_with_logits, prepare
@@ -222,7 +222,7 @@ def adaptive_counted(recipe: Recipe | None, entering: int) -> Recipe | None:
 def add_compute(compute: Compute, args: LlavaArgs, recipe: Recipe | None, image, batch, row: int) -> None:
     """Add row `row` of a prepared batch (its image, prompt lengths and kept count) to `compute`."""
     size = (image.height, image.width)
-    n_image, tiles = num_image_tokens(size, args), num_tiles(size, args)
+    n_image, tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
     counted = adaptive_counted(recipe, batch.num_image_tokens[row])
     text = (len(batch.parts[row].prefix_ids), len(batch.parts[row].suffix_ids))
     paper = paper_flops(args, counted, n_image)
@@ -269,8 +269,6 @@ def evaluate(
 
     Every input is checked before a model is loaded: the candidates, the data and its images.
     """
-    from tqdm import tqdm
-
     from .runtime.exported import open_runner
 
     if not arguments:
@@ -304,7 +302,7 @@ def evaluate(
     recipes = [None] + [candidate.recipe for candidate in candidates]
 
     chunks = list(_chunks(len(samples.images), BATCH_SIZE))
-    bar = tqdm(total=len(chunks) * len(entries), desc="evaluating", unit="batch", disable=None if progress else True)
+    bar = progress_bar("evaluating", len(chunks) * len(entries), "batch", progress)
     with bar:
         for rows in chunks:
             images = [samples.images[i] for i in rows]

@@ -190,8 +190,8 @@ def exact_prefill_macs(
     """Exact MACs of the whole model's prefill for one prompt (batch 1).
 
     n_image: visual tokens the image takes in the prompt before pruning (LLaVA-NeXT:
-    `models.anyres.num_image_tokens`); tiles: CLIP tiles the vision tower runs
-    (`models.anyres.num_tiles`; 1 for LLaVA-1.5). lm_head runs on the last position only.
+    `args.layout.num_tokens`); tiles: CLIP tiles the vision tower runs
+    (`args.layout.num_tiles`; 1 for LLaVA-1.5). lm_head runs on the last position only.
     """
     _check_lengths(prefix_len, suffix_len, tiles)
     text, v = args.text, args.vision

@@ -27,6 +27,11 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB; a bigger file is not one
 
 def check_selector(args: LlavaArgs, selector: SelectorSpec) -> None:
     """Refuse a selector the model's vision features cannot feed."""
+    if not args.layout.selectors:
+        raise UserError(
+            f"selector {selector.method} is not supported on {args.family}'s {args.layout.rule} images yet; "
+            f"use an in-LLM schedule ({', '.join(methods('schedule'))})"
+        )
     if selector.declaration.probe.cls_token and not args.cls_token:
         without_cls = [name for name, m in methods("selector").items() if not m.probe.cls_token]
         raise UserError(
@@ -93,8 +98,11 @@ class Recipe:
         out["provenance"] = self.provenance
         return out
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(self.to_yaml())
 
     @staticmethod
     def from_dict(data: dict, source: str = "recipe") -> Recipe:

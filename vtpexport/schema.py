@@ -368,6 +368,13 @@ def slugify(text: str, fallback: str = "unnamed") -> str:
     return slug or fallback
 
 
+# A file inside a folder we read (an export, a checkpoint): components that do not start with
+# "." (so no "..", no hidden files) joined by "/"; `safety.inside` then refuses links out.
+FILE_NAME = Text(
+    pattern=r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*",
+    meaning="a relative file name inside the folder (no '..', no leading '/' or '.')",
+    max_length=512,
+)
 SHA256 = Text(pattern=r"[0-9a-f]{64}", meaning="a sha256 hex digest")
 
 
@@ -435,7 +442,11 @@ def _no_constant(name: str):
 
 def load_json(path: str | Path, what: str, max_bytes: int) -> Any:
     """The JSON document in `path` (NaN / Infinity refused), at most `max_bytes`; errors in one line."""
-    text = read_text(path, what, max_bytes)
+    return parse_json(read_text(path, what, max_bytes), path, what)
+
+
+def parse_json(text: str, path: str | Path, what: str) -> Any:
+    """The JSON document `text` read from `path` (NaN / Infinity refused); errors in one line."""
     try:
         return json.loads(text, parse_constant=_no_constant)
     except (json.JSONDecodeError, ValueError) as error:

@@ -11,10 +11,11 @@ from PIL import Image
 
 from .dataset import load_samples, read_dataset
 from .errors import UserError
-from .export.manifest import changed_files, read_manifest
+from .export.manifest import folder_differences, read_manifest
 from .export.precision import precision
 from .models.loader import LoadedModel, load_model
 from .models.text_encoder import attach_text_encoder
+from .progress import track
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
 from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
 from .runtime.exported import open_runner
@@ -46,7 +47,7 @@ class VerifyReport:
     samples: int = 0
     graphs: dict[str, GraphCheck] = field(default_factory=dict)
     generations_identical: bool = True
-    changed_files: list[str] = field(default_factory=list)
+    changed_files: list[str] = field(default_factory=list)  # removed, changed, added files and links
 
     @property
     def passed(self) -> bool:
@@ -90,6 +91,7 @@ def verify_export(
     max_new_tokens: int = 20,
     tolerance: float | None = None,
     backend: str = "ort",
+    progress: bool = False,
 ) -> VerifyReport:
     """tolerance: max abs error per graph; default the export precision's (1e-4 for fp32)."""
     folder = Path(folder)
@@ -97,7 +99,7 @@ def verify_export(
     if tolerance is None:
         tolerance = precision(manifest["precision"]).verify_tolerance
     report = VerifyReport(tolerance)
-    report.changed_files = changed_files(folder, manifest)
+    report.changed_files = folder_differences(folder, manifest)
     if report.changed_files:
         return report
     runner = open_runner(folder, backend)
@@ -121,7 +123,7 @@ def verify_export(
             checks["text_encoder"].add(
                 runner.text_embeddings(question), model.text_encoder.embed([question]).numpy(), False
             )
-    for image, question in samples:
+    for image, question in track(samples, "verifying vision", len(samples), "image", progress):
         checks["vision"].add(
             runner.image_embeddings(image, question).numpy(),
             image_embeddings(model, image, recipe, question).numpy(),
@@ -129,7 +131,8 @@ def verify_export(
         )
     batch = prepare(model, images, questions, max_new_tokens, recipe)
     schedule = recipe.schedule if recipe else None
-    for members in image_token_groups(batch):
+    groups = image_token_groups(batch)
+    for members in track(groups, "verifying prefill and decode", len(groups), "batch", progress):
         _compare_prefill_and_decode(runner, model, subset_rows(batch, members), schedule, max_new_tokens, checks)
     report.graphs = checks
     exported = runner.generate(runner.prepare(images, questions, max_new_tokens), max_new_tokens)

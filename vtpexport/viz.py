@@ -216,12 +216,10 @@ class TokenLayout:
 
 
 def token_layout(args, image_processor, width: int, height: int) -> TokenLayout:
-    """The layout of the image tokens in prompt order (`models.anyres.packing_index`), following
+    """The layout of the image tokens in prompt order (`args.layout.packing_index`), following
     the processor: LLaVA-1.5 resizes the short side and centre-crops (else squashes the whole
     image); LLaVA-NeXT squashes the whole image into the base tile, and resizes it to fit the
     best tiling (aspect kept, centred, padded) for the high-resolution tiles."""
-    from .models.anyres import packing_index, tile_grid
-
     g, per_tile = args.vision.grid_size, args.tokens_per_tile
     if per_tile != g * g:
         raise UserError("viz maps patch tokens only; this model's vision features include the CLS token")
@@ -229,14 +227,14 @@ def token_layout(args, image_processor, width: int, height: int) -> TokenLayout:
     def grid_box(view: int, row: int, col: int, left: float, top: float, cell_w: float, cell_h: float):
         return (view, left + col * cell_w, top + row * cell_h, left + (col + 1) * cell_w, top + (row + 1) * cell_h)
 
-    if args.family != "llava-next":
+    if not args.layout.tiled:
         side = min(width, height)
         left, top, cell_w, cell_h = 0.0, 0.0, width / g, height / g
         if getattr(image_processor, "do_center_crop", False):
             left, top, cell_w, cell_h = (width - side) / 2, (height - side) / 2, side / g, side / g
         boxes = tuple(grid_box(0, i // g, i % g, left, top, cell_w, cell_h) for i in range(per_tile))
         return TokenLayout(("image",), boxes)
-    rows, cols = tile_grid((height, width), args)
+    rows, cols = args.layout.tile_grid((height, width))
     canvas_h, canvas_w = rows * args.vision.image_size, cols * args.vision.image_size
     # As the processor's resize-for-patching: fit inside the canvas, aspect kept, centred.
     if canvas_w / width < canvas_h / height:
@@ -248,7 +246,7 @@ def token_layout(args, image_processor, width: int, height: int) -> TokenLayout:
     cell_w, cell_h = patch * scale_x, patch * scale_y
     left, top = -((canvas_w - new_w) // 2) * scale_x, -((canvas_h - new_h) // 2) * scale_y
     boxes = []
-    for value in packing_index((height, width), args).tolist():
+    for value in args.layout.packing_index((height, width)).tolist():
         if value < per_tile:
             boxes.append(grid_box(0, value // g, value % g, 0.0, 0.0, width / g, height / g))
         elif value >= (rows * cols + 1) * per_tile:
@@ -264,10 +262,9 @@ def kept_patch_panels(model, recipe, image, prompt: str) -> list[tuple[str, list
     """(title, kept token indices into the image's tokens in prompt order) per panel: the input,
     the selector's kept set, then the tokens left after each of the schedule's drops (grouped to
     at most MAX_PANELS panels)."""
-    from .models.anyres import num_image_tokens
     from .runtime.eager import kept_image_tokens
 
-    n = num_image_tokens((image.height, image.width), model.args)
+    n = model.args.layout.num_tokens((image.height, image.width))
     patch_index, kept_ids = kept_image_tokens(model, image, prompt, recipe)
     entering = list(range(n)) if patch_index is None else patch_index.tolist()
     panels = [(f"input: {n} tokens", list(range(n)))]

@@ -20,9 +20,11 @@ from ..models.loader import load_model
 from ..models.text_encoder import TEXT_TOKENIZER, attach_text_encoder
 from ..recipe import Recipe
 from ..runtime.eager import check_recipe_applies
+from ..safety import inside
+from ..schema import slugify
 from .attention import attention_target
 from .lint import duplicated_weights, format_issues, lint_model
-from .manifest import write_manifest
+from .manifest import is_export, write_manifest
 from .onnx_export import IR_VERSION, export_all
 from .precision import precision as find_precision
 from .spec import ExportLimits, dim_ranges, graph_specs, image_token_range, phase_ranges, stage_of_layer
@@ -46,8 +48,15 @@ SUPPORTED_OPSETS = (18, 24)  # the dynamo exporter needs >= 18; TensorRT 10.15+ 
 
 
 def default_output(recipe: Recipe | None, model_spec: str) -> Path:
-    name = recipe.name if recipe else f"{Path(model_spec).name}-unpruned"
+    """exported/<recipe name>: the name is a validated slug, and may not lead out through a link."""
+    name = export_name(recipe, model_spec)
+    inside("exported", name, "the recipe's name")
     return Path("exported") / name
+
+
+def export_name(recipe: Recipe | None, model_spec: str) -> str:
+    """The recipe's name, or <model>-unpruned: a slug either way (it names folders and Triton models)."""
+    return recipe.name if recipe else slugify(f"{Path(model_spec).name}-unpruned")
 
 
 def build_onnx(
@@ -87,7 +96,7 @@ def build_onnx(
     if args.text.sliding_window is not None:
         raise UserError("sliding-window attention is not supported by the exporter yet (config sliding_window)")
     destination = Path(out) if out else default_output(recipe, model_spec)
-    with folder_atomically(destination, force, "the export") as staging:
+    with folder_atomically(destination, force, "the export", is_export) as staging:
         specs = graph_specs(args, recipe, chosen.dtype_name, text.args if text else None)
         expressions = export_all(
             model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"), text, target
@@ -156,7 +165,7 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, limits, ops
             "exact_prefill_macs": asdict(exact) | {"total": exact.total, "prefix_len": 32, "suffix_len": 32},
         }
     return {
-        "name": recipe.name if recipe else f"{model_spec}-unpruned",
+        "name": export_name(recipe, model_spec),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": f"vtpexport {__version__}",
         "engine": "onnx",
@@ -188,7 +197,7 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, limits, ops
         "profiles": {phase: _ranges(r) for phase, r in phase_ranges(model.args, recipe, limits).items()},
         "image_tokens": {
             "image_token_id": args.image_token_id,
-            "rule": "anyres" if args.family == "llava-next" else "fixed",
+            "rule": args.layout.rule,
             "placeholders_per_image": [n_min, n_max],
             "tokens_per_tile": args.tokens_per_tile,
             "prompt": "the prompt's <image> marks where image_embeds go: prefix_ids before, suffix_ids after; "

@@ -58,7 +58,7 @@ class VisionGraph(nn.Module):
 
 
 def vision_graph(llava: LlavaGraph, recipe: Recipe | None, text_encoder: ClipTextEncoder | None) -> nn.Module:
-    if llava.args.family == "llava-next":
+    if llava.args.layout.tiled:
         return AnyresVisionGraph(llava)
     return VisionGraph(llava, recipe, text_encoder.visual_projection if text_encoder is not None else None)
 

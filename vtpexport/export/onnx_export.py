@@ -14,7 +14,6 @@ from torch import nn
 
 from ..graph.llava import LlavaGraph
 from ..graph.text_encoder import ClipTextEncoder
-from ..models.anyres import num_tiles, packing_index
 from ..recipe import Recipe
 from .attention import TARGETS, AttentionTarget
 from .modules import LlmGraph, TextEncoderGraph, vision_graph
@@ -51,15 +50,14 @@ def example_inputs(
     exporter neither specialises a dimension to 1 nor merges two that merely look equal."""
     args = llava.args
     generator = torch.Generator().manual_seed(0)
-    side = args.vision.image_size
-    if args.family == "llava-next":
-        size = (side * 2, side)  # a 2x1 tile grid: tiles and image tokens both vary
-        tiles = torch.randn(num_tiles(size, args), args.vision.num_channels, side, side, generator=generator)
-        vision = (tiles, torch.from_numpy(packing_index(size, args)))
-    else:
+    layout, side = args.layout, args.vision.image_size
+    size = layout.tracing_size()
+    if layout.tiled:
+        tiles = torch.randn(layout.num_tiles(size), args.vision.num_channels, side, side, generator=generator)
+    else:  # a batch of images; an adaptive selector's count is per image, so it takes one
         images = 1 if recipe is not None and recipe.selector is not None and recipe.selector.adaptive else 2
-        pixels = args.input_image_size
-        vision = (torch.randn(images, args.vision.num_channels, pixels, pixels, generator=generator),)
+        tiles = torch.randn(images, args.vision.num_channels, *size, generator=generator)
+    vision = layout.vision_inputs(tiles, size)
     inputs = {}
     if text_encoder is not None:
         ids = torch.randint(0, text_encoder.args.vocab_size, (2, 9), generator=generator)

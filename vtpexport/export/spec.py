@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 
 from ..graph.args import LlavaArgs
 from ..graph.text_encoder import ClipTextArgs
-from ..models.anyres import num_image_tokens
 from ..recipe import Recipe, ScheduleSpec
 
 
@@ -62,7 +61,7 @@ def vision_spec(args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None, a
     `adaptive`: the selector's count depends on the image, so the graph takes one image at a time.
     Pixels stay fp32 at every precision (the graph casts them): the host's preprocessing is one."""
     v, d = args.vision, args.text.hidden_size
-    if args.family == "llava-next":
+    if args.layout.tiled:
         inputs = (
             TensorSpec("pixel_values", "float32", ("tiles", v.num_channels, v.image_size, v.image_size)),
             TensorSpec("packing_index", "int64", ("image_tokens",)),
@@ -154,21 +153,7 @@ def image_token_range(args: LlavaArgs, recipe: Recipe | None) -> tuple[int, int,
         if planned is not None:
             return planned, planned, planned
         return 1, args.vision.num_patches // 8, args.vision.num_patches + 1
-    if args.family != "llava-next":
-        return (args.tokens_per_tile,) * 3
-    side = args.vision.image_size
-    # Aspect ratios from 1:10 to 10:1 cover every tile grid and unpadding the pinpoints allow.
-    counts = [num_image_tokens((side * 10, side * w // 10 or 1), args) for w in range(10, 101)]
-    counts += [num_image_tokens((side * h // 10 or 1, side * 10), args) for h in range(10, 101)]
-    square = num_image_tokens((side * 2, side * 2), args)
-    return min(counts), square, max(counts)
-
-
-def max_tiles(args: LlavaArgs) -> int:
-    if args.family != "llava-next":
-        return 1
-    tile = args.vision.image_size
-    return max((h // tile) * (w // tile) for h, w in args.image_grid_pinpoints) + 1
+    return args.layout.token_range()
 
 
 def dim_ranges(
@@ -180,9 +165,9 @@ def dim_ranges(
     ranges = {
         "batch": (1, limits.opt_batch, limits.max_batch),
         "image_tokens": (n_min, n_opt, n_max),
-        "tiles": (1, max_tiles(args), max_tiles(args)),
+        "tiles": (1, args.layout.max_tiles(), args.layout.max_tiles()),
     }
-    if args.family != "llava-next":
+    if not args.layout.tiled:
         del ranges["tiles"]
     context, generation = (phase_ranges(args, recipe, limits)[phase] for phase in PHASES)
     for name in context:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import write_atomically
 from .lint import format_issues, lint_model
-from .manifest import changed_files, read_manifest, update_manifest
+from .manifest import export_file, folder_differences, read_manifest, update_manifest
 
 PROFILES = "profiles.json"
 MIN_TENSORRT_MAJOR = 10  # the named-tensor API (set_input_shape / execute_async_v3) and strong typing
@@ -86,7 +88,7 @@ def check_profiles(folder: Path, manifest: dict, profiles: dict[str, dict[str, I
                         )
     ranges = {name: (r["min"], r["opt"], r["max"]) for name, r in manifest["dims"].items()}
     for graph in profiles:
-        path = folder / manifest["graphs"][graph]["file"]
+        path = export_file(folder, manifest["graphs"][graph]["file"], f"graphs.{graph}.file")
         issues = lint_model(path, graph_name=path.name, dim_ranges=ranges, opset_range=(manifest["opset"],) * 2)
         if issues:
             raise UserError(
@@ -224,10 +226,8 @@ def build_engine(
     return bytes(engine), bytes(config.get_timing_cache().serialize())
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+def _write_bytes(path: Path, data: bytes, what: str) -> None:
+    write_atomically(path, lambda stream: stream.write(data), what)
 
 
 def build_engines(
@@ -243,7 +243,7 @@ def build_engines(
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    changed = changed_files(folder, manifest)
+    changed = folder_differences(folder, manifest)
     if changed:
         raise UserError(f"{folder} does not match its manifest: {', '.join(changed)}")
     incompatible = manifest.get("onnx_runtime_only")
@@ -253,7 +253,7 @@ def build_engines(
     check_profiles(folder, manifest, profiles)
     written = profiles_json(profiles)
     if not (folder / PROFILES).is_file() or (folder / PROFILES).read_text() != written:
-        _write_atomically(folder / PROFILES, written.encode())  # exports from before profiles.json existed
+        _write_bytes(folder / PROFILES, written.encode(), PROFILES)  # exports from before profiles.json existed
         manifest = update_manifest(folder)
     try:
         trt = import_tensorrt()
@@ -267,15 +267,25 @@ def build_engines(
     cache_path = Path(timing_cache) if timing_cache else None
     cache = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
     engines = {}
-    for graph, named in profiles.items():
-        report(f"building {engine_file(graph)} (TensorRT {trt.__version__}, {gpu}; profiles {', '.join(named)})")
-        engine, cache = build_engine(
-            trt, folder / manifest["graphs"][graph]["file"], named, manifest["precision"], workspace, cache
-        )
-        _write_atomically(folder / engine_file(graph), engine)
-        engines[graph] = engine_file(graph)
+    # Engines wait in a hidden folder until all are built: a failure (or a full disk) leaves
+    # the export as it was, with no engine the manifest does not list.
+    with tempfile.TemporaryDirectory(prefix=".engines-", dir=folder) as staging:
+        for graph, named in profiles.items():
+            report(f"building {engine_file(graph)} (TensorRT {trt.__version__}, {gpu}; profiles {', '.join(named)})")
+            engine, cache = build_engine(
+                trt,
+                export_file(folder, manifest["graphs"][graph]["file"], f"graphs.{graph}.file"),
+                named,
+                manifest["precision"],
+                workspace,
+                cache,
+            )
+            _write_bytes(Path(staging) / engine_file(graph), engine, f"the {graph} engine")
+            engines[graph] = engine_file(graph)
+        for file in engines.values():
+            os.replace(Path(staging) / file, folder / file)
     if cache_path:
-        _write_atomically(cache_path, cache)
+        _write_bytes(cache_path, cache, "the timing cache")
     tensorrt = {
         "version": str(trt.__version__),
         "gpu": gpu,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import folder_atomically
-from .manifest import MANIFEST, changed_files, read_manifest
+from ..safety import inside
+from .manifest import MANIFEST, export_file, folder_differences, is_export, read_manifest
 
 TRITON_TYPES = {
     "float32": "TYPE_FP32",
@@ -73,34 +74,44 @@ def generate_config(model: str, graph_models: dict[str, str]) -> str:
     )
 
 
+def is_triton_repo(folder: Path) -> bool:
+    """Whether `folder` is a repository this tool wrote (its generate model carries an export)."""
+    return any(is_export(export) for export in folder.glob(f"*_{GENERATE}/1/export"))
+
+
 def write_triton_repo(export_dir: str | Path, repo_dir: str | Path, force: bool = False) -> Path:
     """Write the repository (assembled in a temporary folder, renamed into place); returns it."""
     export_dir, repo_dir = Path(export_dir), Path(repo_dir)
     manifest = read_manifest(export_dir)
-    changed = changed_files(export_dir, manifest)
+    changed = folder_differences(export_dir, manifest)
     if changed:
         raise UserError(f"{export_dir} does not match its manifest: {', '.join(changed)}")
     prefix = re.sub(r"[^A-Za-z0-9_-]", "_", manifest["name"])
     engines = (manifest.get("tensorrt") or {}).get("engines", {})
-    with folder_atomically(repo_dir, force, "the Triton repository") as staging:
+    with folder_atomically(repo_dir, force, "the Triton repository", is_triton_repo) as staging:
         graph_models = {}
         for graph, info in manifest["graphs"].items():
             model = graph_models[graph] = f"{prefix}_{graph}"
-            version = staging / model / "1"
+            version = inside(staging, model, "Triton model name") / "1"
             version.mkdir(parents=True)
             if graph in engines:
-                shutil.copy2(export_dir / engines[graph], version / "model.plan")
+                engine = export_file(export_dir, engines[graph], f"tensorrt.engines.{graph}")
+                shutil.copy2(engine, version / "model.plan")
             else:
-                shutil.copy2(export_dir / info["file"], version / "model.onnx")
-                for data in export_dir.glob(f"{info['file']}.data"):  # external weights keep their file name
-                    shutil.copy2(data, version / data.name)
-            (staging / model / "config.pbtxt").write_text(graph_config(model, info, graph in engines))
+                graph_file = export_file(export_dir, info["file"], f"graphs.{graph}.file")
+                shutil.copy2(graph_file, version / "model.onnx")
+                for data in manifest["files"]:  # external weights keep their file name
+                    if data == f"{info['file']}.data":
+                        shutil.copy2(export_file(export_dir, data, "files"), version / Path(data).name)
+            (version.parent / "config.pbtxt").write_text(graph_config(model, info, graph in engines))
         model = f"{prefix}_{GENERATE}"
-        version = staging / model / "1"
+        version = inside(staging, model, "Triton model name") / "1"
         (version / "export").mkdir(parents=True)
         shutil.copy2(Path(__file__).parent.parent / "serving" / "triton_model.py", version / "model.py")
         for name in [*manifest["files"], MANIFEST]:
             if not name.endswith(GRAPH_SUFFIXES):
-                shutil.copy2(export_dir / name, version / "export" / name)
+                target = inside(version / "export", name, "manifest.json files")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(export_file(export_dir, name, "files"), target)
         (staging / model / "config.pbtxt").write_text(generate_config(model, graph_models))
     return repo_dir

@@ -10,6 +10,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from .layout import AnyresTiles, ImageLayout, SingleTile
+
 
 @dataclass(frozen=True)
 class VisionArgs:
@@ -98,6 +100,11 @@ class LlavaArgs:
     image_grid_pinpoints: tuple[tuple[int, int], ...] = field(default_factory=tuple)
     # LLaVA-HR only: the slow path and the adapters; `vision` is then the fast path.
     multipath: MultiPathArgs | None = None
+
+    @property
+    def layout(self) -> ImageLayout:
+        """How an image becomes visual tokens: anyres tiles where the config lists grid pinpoints."""
+        return AnyresTiles(self) if self.image_grid_pinpoints else SingleTile(self)
 
     @property
     def cls_token(self) -> bool:

@@ -32,7 +32,7 @@ class LlavaGraph(nn.Module):
         self.vision = MultiPathVision(args) if args.multipath else VisionTower(args.vision)
         self.projector = Projector(args)
         self.decoder = Decoder(args.text)
-        if args.family == "llava-next":
+        if args.layout.tiled:
             self.image_newline = nn.Parameter(torch.empty(args.text.hidden_size))
 
     def tile_features(self, pixel_values: Tensor) -> Tensor:
@@ -88,7 +88,7 @@ class LlavaGraph(nn.Module):
         """LLaVA-NeXT: gather tile features (plus image_newline) into the image's token sequence.
 
         layout [n] indexes the rows of cat(tile_features.flatten(0, 1), image_newline); it is
-        computed on the host from the image size (`models.anyres.packing_index`).
+        computed on the host from the image size (`graph.layout.AnyresTiles.packing_index`).
         """
         rows = torch.cat([tile_features.flatten(0, 1), self.image_newline[None].to(tile_features.dtype)])
         return rows.index_select(0, layout)

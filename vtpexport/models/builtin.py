@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from torch import Tensor
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -25,9 +26,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from ..errors import UserError, one_line
 from ..graph.llava import LlavaGraph
 from .checkpoint import save_weights
-from .families import FAMILIES, args_from_config, is_llava_hr
+from .families import args_from_config, family_of
 from .hr import hr_config, write_config
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
@@ -173,30 +175,32 @@ SHIPPED_MODELS = {"toy": Path(__file__).resolve().parent.parent / "zoo" / "toy"}
 BUILTIN_NAMES = (*BUILTIN_CONFIGS, *SHIPPED_MODELS)
 
 
+def random_parameter(name: str, shape: torch.Size, generator: torch.Generator) -> Tensor:
+    """One parameter of a random model (fp32): unit-variance activations through every layer."""
+    noise = torch.randn(shape, generator=generator)
+    if "norm" in name and name.endswith("weight"):
+        return 1.0 + 0.1 * noise
+    if name.endswith("bias"):
+        return 0.02 * noise
+    if len(shape) >= 2 and "embed" not in name:
+        return noise / math.sqrt(math.prod(shape[1:]))
+    return noise / math.sqrt(shape[-1]) if len(shape) else noise
+
+
 def init_weights(graph: LlavaGraph, seed: int) -> None:
     """Deterministic weights whose logits are well separated (so greedy decoding is stable).
 
     They go in through load_state_dict, so buffers derived at load time (LLaVA-HR's resampled
     position table) are derived here too."""
     generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, param in graph.named_parameters():
-        noise = torch.randn(param.shape, generator=generator)
-        if "norm" in name and name.endswith("weight"):
-            state[name] = 1.0 + 0.1 * noise
-        elif name.endswith("bias"):
-            state[name] = 0.02 * noise
-        elif param.dim() >= 2 and "embed" not in name:
-            state[name] = noise / math.sqrt(param[0].numel())
-        else:
-            state[name] = noise / math.sqrt(param.shape[-1]) if param.dim() else noise
+    state = {name: random_parameter(name, param.shape, generator) for name, param in graph.named_parameters()}
     dtypes = {name: param.dtype for name, param in graph.named_parameters()}
     graph.load_state_dict({name: value.to(dtypes[name]) for name, value in state.items()}, strict=True)
 
 
 def processor_for(config, tokenizer):
     """The LLaVA processor (image processor, tokenizer, chat template) a built-in ships."""
-    family = FAMILIES[args_from_config(config).family]
+    args = args_from_config(config)
     v = config.vision_config
     crop = {"height": v.image_size, "width": v.image_size}
     common = dict(
@@ -204,9 +208,9 @@ def processor_for(config, tokenizer):
         patch_size=v.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=family.default_chat_template,
+        chat_template=family_of(args).default_chat_template,
     )
-    if family.name == "llava-next":
+    if args.layout.tiled:
         images = LlavaNextImageProcessorPil(
             size={"shortest_edge": v.image_size}, crop_size=crop, image_grid_pinpoints=config.image_grid_pinpoints
         )
@@ -221,21 +225,22 @@ def write_random_model(config, folder: Path, seed: int = 0, max_shard_bytes: int
     config is written in the original-LLaVA layout instead (config, weights and tokenizer only)."""
     graph = LlavaGraph(args_from_config(config))
     init_weights(graph, seed)
-    return save_model(graph, config, byte_tokenizer(image_token=not is_llava_hr(config)), folder, max_shard_bytes)
+    tokenizer = byte_tokenizer(image_token=not family_of(graph.args).original_layout)
+    return save_model(graph, config, tokenizer, folder, max_shard_bytes)
 
 
 def save_model(graph: LlavaGraph, config, tokenizer, folder: Path, max_shard_bytes: int | None = None) -> Path:
     """Write a graph with its config, tokenizer, chat template and image processor in the
     Hugging Face layout into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    if is_llava_hr(config):
+    if family_of(graph.args).original_layout:
         write_config(config.to_diff_dict() | {"model_type": "llava"}, folder)
         save_weights(graph, folder, max_shard_bytes)
         tokenizer.save_pretrained(folder)
         return folder
     config.save_pretrained(folder)
     save_weights(graph, folder, max_shard_bytes)
-    tokenizer.chat_template = FAMILIES[graph.args.family].default_chat_template
+    tokenizer.chat_template = family_of(graph.args).default_chat_template
     processor_for(config, tokenizer).save_pretrained(folder)
     return folder
 
@@ -267,13 +272,21 @@ def cached_folder(name: str, write, sources: tuple[Path, ...]) -> Path:
     folder = cache_root() / "builtin" / f"{name}-{fingerprint}"
     if folder.is_dir():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    except OSError as error:
+        raise _cache_error(name, error) from None
     try:
         write(name, staging)
         staging.rename(folder)
-    except OSError:
+    except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         if not folder.is_dir():  # another process may have won the race
-            raise
+            raise _cache_error(name, error) from None
     return folder
+
+
+def _cache_error(name: str, error: OSError) -> UserError:
+    where = "$VTPEXPORT_CACHE" if "VTPEXPORT_CACHE" in os.environ else "the default; set $VTPEXPORT_CACHE to move it"
+    return UserError(f"cannot write built-in model {name} to the cache {cache_root()} ({where}): {one_line(error)}")

@@ -1,14 +1,20 @@
-"""Model families: how a Hugging Face config becomes our `LlavaArgs`, and each family's
-prompt conventions. One declaration per family, read by loading, prompting and export."""
+"""Model families, one declaration each: how a checkpoint folder's config becomes our
+`LlavaArgs`, how its tensors are named, how its folder is laid out, and its prompt convention.
+Loading, writing, prompting and the checkpoint code read these; the image layout (fixed tile or
+anyres) follows from the architecture (`LlavaArgs.layout`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
 from ..errors import UserError
-from ..graph.args import LlavaArgs, TextArgs, VisionArgs
+from ..graph.args import LlavaArgs
+from . import tensor_names
+from .config_args import clip_args, text_args
+from .hr import llava_hr_args
 
 # Used when a checkpoint ships no chat template; matches the templates the llava-hf
 # checkpoints ship for a single user turn with one image.
@@ -28,96 +34,12 @@ VICUNA_V1_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    model_type: str  # config.json "model_type"
-    hf_class: str | None  # the transformers class our parity tests compare against (None: not in transformers)
-    default_chat_template: str
-
-
-FAMILIES = {
-    f.name: f
-    for f in (
-        Family("llava-1.5", "llava", "LlavaForConditionalGeneration", VICUNA_TEMPLATE),
-        Family("llava-next", "llava_next", "LlavaNextForConditionalGeneration", VICUNA_TEMPLATE),
-        # Original-LLaVA layout: a Llama config.json with LLaVA's mm_* keys; told apart by is_multipath_encoder.
-        Family("llava-hr", "llava", None, VICUNA_V1_TEMPLATE),
-    )
-}
-
-
-def is_llava_hr(config: PretrainedConfig) -> bool:
-    return bool(getattr(config, "is_multipath_encoder", False))
-
-
-def family_for_model_type(model_type: str) -> Family:
-    for family in FAMILIES.values():
-        if family.model_type == model_type:
-            return family
-    known = ", ".join(sorted(f.model_type for f in FAMILIES.values()))
-    raise UserError(f"unsupported model_type {model_type!r} in config.json (supported: {known})")
-
-
-def _rope_theta(text_config: PretrainedConfig) -> float:
-    params = getattr(text_config, "rope_parameters", None) or {}
-    rope_type = params.get("rope_type", "default")
-    if rope_type != "default":
-        raise UserError(f"RoPE scaling {rope_type!r} is not supported yet (only the default RoPE)")
-    theta = params.get("rope_theta", getattr(text_config, "rope_theta", None))
-    return float(theta if theta is not None else 10000.0)
-
-
-def clip_args(v: PretrainedConfig) -> VisionArgs:
-    """A CLIP vision config -> our VisionArgs."""
-    if v.model_type != "clip_vision_model":
-        raise UserError(f"vision tower {v.model_type!r} is not supported (only CLIP)")
-    return VisionArgs(
-        image_size=v.image_size,
-        patch_size=v.patch_size,
-        hidden_size=v.hidden_size,
-        intermediate_size=v.intermediate_size,
-        num_layers=v.num_hidden_layers,
-        num_heads=v.num_attention_heads,
-        layer_norm_eps=v.layer_norm_eps,
-        hidden_act=v.hidden_act,
-        num_channels=v.num_channels,
-    )
-
-
-def text_args(t: PretrainedConfig, tie_word_embeddings: bool) -> TextArgs:
-    """A Llama / Mistral config -> our TextArgs."""
-    if t.model_type not in ("llama", "mistral"):
-        raise UserError(f"language model {t.model_type!r} is not supported (only Llama and Mistral)")
-    head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
-    return TextArgs(
-        vocab_size=t.vocab_size,
-        hidden_size=t.hidden_size,
-        intermediate_size=t.intermediate_size,
-        num_layers=t.num_hidden_layers,
-        num_heads=t.num_attention_heads,
-        num_kv_heads=t.num_key_value_heads or t.num_attention_heads,
-        head_dim=head_dim,
-        rms_norm_eps=t.rms_norm_eps,
-        rope_theta=_rope_theta(t),
-        max_position_embeddings=t.max_position_embeddings,
-        sliding_window=getattr(t, "sliding_window", None),
-        tie_word_embeddings=tie_word_embeddings,
-        hidden_act=t.hidden_act,
-    )
-
-
-def args_from_config(config: PretrainedConfig) -> LlavaArgs:
-    """Our architecture arguments from a transformers Llava / LlavaNext config object, or from
-    an original-layout LLaVA-HR config (see `models.hr`)."""
-    if is_llava_hr(config):
-        from .hr import llava_hr_args
-
-        return llava_hr_args(config)
-    family = family_for_model_type(config.model_type)
+def hub_llava_args(config: PretrainedConfig) -> LlavaArgs:
+    """A transformers Llava / LlavaNext config -> our architecture (grid pinpoints: anyres tiling)."""
+    family = _hub_family(config.model_type)
     if not isinstance(config.vision_feature_layer, int):
         raise UserError("multi-layer vision features (a list vision_feature_layer) are not supported yet")
-    pinpoints = getattr(config, "image_grid_pinpoints", None) or ()
+    pinpoints = (getattr(config, "image_grid_pinpoints", None) or ()) if family.anyres else ()
     return LlavaArgs(
         family=family.name,
         vision=clip_args(config.vision_config),
@@ -129,3 +51,71 @@ def args_from_config(config: PretrainedConfig) -> LlavaArgs:
         image_token_id=config.image_token_id,
         image_grid_pinpoints=tuple(tuple(p) for p in pinpoints),
     )
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_type: str  # config.json "model_type"
+    default_chat_template: str
+    args_from_config: Callable[[PretrainedConfig], LlavaArgs]
+    to_ours: Callable[[str], str | None]  # checkpoint tensor name -> ours (None: a tensor we do not load)
+    to_checkpoint: Callable[[str], str]  # ours -> the name this family's checkpoints use
+    anyres: bool = False  # the config's image_grid_pinpoints tile images (LLaVA-NeXT)
+    # Original-LLaVA folders: a Llama config.json with LLaVA's mm_* keys, a tokenizer and no
+    # image processor (ours is built from the config).
+    original_layout: bool = False
+    config_marker: str | None = None  # the config.json key that tells this family apart from its model_type's
+
+
+FAMILIES = {
+    f.name: f
+    for f in (
+        Family("llava-1.5", "llava", VICUNA_TEMPLATE, hub_llava_args, tensor_names.our_name, tensor_names.hub_name),
+        Family(
+            "llava-next",
+            "llava_next",
+            VICUNA_TEMPLATE,
+            hub_llava_args,
+            tensor_names.our_name,
+            tensor_names.hub_name,
+            anyres=True,
+        ),
+        Family(
+            "llava-hr",
+            "llava",
+            VICUNA_V1_TEMPLATE,
+            llava_hr_args,
+            tensor_names.hr_our_name,
+            tensor_names.hr_checkpoint_name,
+            original_layout=True,
+            config_marker="is_multipath_encoder",
+        ),
+    )
+}
+
+
+def _hub_family(model_type: str) -> Family:
+    for family in FAMILIES.values():
+        if family.model_type == model_type and family.config_marker is None:
+            return family
+    known = ", ".join(sorted({f.model_type for f in FAMILIES.values()}))
+    raise UserError(f"unsupported model_type {model_type!r} in config.json (supported: {known})")
+
+
+def family_of_config(config: PretrainedConfig | dict) -> Family:
+    """The family a config (object or config.json dict) belongs to: its marker key, else its model_type."""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    for family in FAMILIES.values():
+        if family.config_marker and get(family.config_marker, False):
+            return family
+    return _hub_family(get("model_type"))
+
+
+def family_of(args: LlavaArgs) -> Family:
+    return FAMILIES[args.family]
+
+
+def args_from_config(config: PretrainedConfig) -> LlavaArgs:
+    """Our architecture arguments from a checkpoint's config, by its family's declaration."""
+    return family_of_config(config).args_from_config(config)

@@ -21,7 +21,7 @@ from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, P
 
 from ..errors import UserError
 from ..graph.args import ConvNextArgs, LlavaArgs, MultiPathArgs
-from .families import clip_args, text_args
+from .config_args import clip_args, text_args
 
 # Fast towers by checkpoint name (the last path component of mm_vision_tower).
 CLIP_TOWERS = {

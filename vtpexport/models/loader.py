@@ -16,7 +16,7 @@ from ..graph.llava import LlavaGraph
 from .aliases import ALIASES
 from .builtin import BUILTIN_NAMES, builtin_folder
 from .checkpoint import load_weights
-from .families import FAMILIES, args_from_config, is_llava_hr
+from .families import args_from_config, family_of, family_of_config
 from .hr import PadToSquareProcessor, hr_config
 
 WEIGHTS_ENV = "VTPEXPORT_WEIGHTS_DIR"
@@ -45,7 +45,7 @@ def config_from_folder(folder: Path) -> PretrainedConfig:
     try:
         data = json.loads(path.read_text())
         # Original LLaVA's model_type "llava" would be read as transformers' Llava by AutoConfig.
-        if isinstance(data, dict) and data.get("is_multipath_encoder"):
+        if isinstance(data, dict) and family_of_config(data).original_layout:
             return hr_config(data)
         return AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -106,7 +106,7 @@ def resolve_model(spec: str, weights: str | None = None) -> ModelSource:
 
 
 def _alias_config(config_dict: dict) -> PretrainedConfig:
-    if config_dict.get("is_multipath_encoder"):
+    if family_of_config(config_dict).original_layout:
         return hr_config(config_dict)
     model_type = config_dict.pop("model_type")
     return AutoConfig.for_model(model_type, **config_dict)
@@ -152,7 +152,7 @@ def load_processing(folder: Path, config: PretrainedConfig) -> tuple[object, obj
     """(tokenizer, image processor, chat template) of a model or export folder."""
     args = args_from_config(config)
     try:
-        if is_llava_hr(config):
+        if family_of(args).original_layout:
             # Original LLaVA ships a tokenizer only; the image processor is LLaVA-HR's fixed recipe.
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             return tokenizer, PadToSquareProcessor(args.input_image_size), _template(tokenizer, args)
@@ -163,4 +163,4 @@ def load_processing(folder: Path, config: PretrainedConfig) -> tuple[object, obj
 
 
 def _template(processor, args: LlavaArgs) -> str:
-    return getattr(processor, "chat_template", None) or FAMILIES[args.family].default_chat_template
+    return getattr(processor, "chat_template", None) or family_of(args).default_chat_template

@@ -16,11 +16,11 @@ import torch
 from tokenizers import processors
 from transformers import AutoConfig, AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..graph.args import VisionArgs
 from ..graph.text_encoder import ClipTextArgs, ClipTextEncoder
 from .builtin import BUILTIN_CONFIGS, byte_tokenizer, cached_folder
-from .checkpoint import _read_tensors, weight_files
+from .checkpoint import WEIGHT_READ_ERRORS, _read_tensors, weight_files
 from .loader import WEIGHTS_ENV, ModelSource, hf_cache_snapshot
 
 # The CLIP checkpoint each model's vision tower comes from (LLaVA-1.5 and LLaVA-NeXT alike).
@@ -142,8 +142,8 @@ def load_text_encoder(folder: Path, vision: VisionArgs, dtype: torch.dtype = tor
                 if name not in expected or tuple(tensor.shape) != tuple(expected[name].shape):
                     raise UserError(f"unexpected tensor {key!r} {tuple(tensor.shape)} in {path}: not a CLIPModel?")
                 loaded[name] = tensor.to(dtype)
-    except (OSError, RuntimeError) as error:
-        raise UserError(f"cannot read the text encoder weights in {folder}: {error}") from None
+    except WEIGHT_READ_ERRORS as error:
+        raise UserError(f"cannot read the text encoder weights in {folder}: {one_line(error)}") from None
     missing = sorted(set(expected) - set(loaded))
     if missing:
         raise UserError(f"text encoder {folder} is incomplete: {len(missing)} tensor(s) missing, e.g. {missing[0]!r}")

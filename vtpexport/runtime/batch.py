@@ -11,7 +11,6 @@ from PIL import Image
 from torch import Tensor
 
 from ..graph.args import LlavaArgs
-from ..models.anyres import num_tiles
 from ..models.prompt import PromptParts, check_context, format_prompt, left_pad, split_prompt
 
 Row = TypeVar("Row")
@@ -49,7 +48,7 @@ def image_tiles(image_processor, args: LlavaArgs, image: Image.Image) -> tuple[T
     pixels = out["pixel_values"][0]
     if pixels.dim() == 3:  # one tile, no anyres
         pixels = pixels[None]
-    return pixels[: num_tiles(size, args)], size
+    return pixels[: args.layout.num_tiles(size)], size
 
 
 def build_batch(

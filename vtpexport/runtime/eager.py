@@ -6,10 +6,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..errors import UserError
 from ..graph.decoder import PrefillOutput
 from ..graph.llava import ImageTokens
-from ..models.anyres import packing_index
 from ..models.loader import LoadedModel
 from ..models.text_encoder import attach_text_encoder
 from ..recipe import Recipe, ScheduleSpec
@@ -22,11 +20,6 @@ def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
     if recipe is None:
         return
     recipe.check_model(model.args, model.source.name)
-    if recipe.selector and model.args.family == "llava-next":
-        raise UserError(
-            f"selector {recipe.selector.method} is not supported on LLaVA-NeXT anyres images yet; "
-            "use an in-LLM schedule (fitprune, pyramiddrop, fastv)"
-        )
     if recipe.selector and recipe.selector.text_guided and model.text_encoder is None:
         attach_text_encoder(model, None)
 
@@ -54,10 +47,7 @@ def image_embeddings(
         return selected_image_tokens(model, image, recipe, question).embeds[0]
     device = model.graph.decoder.embed_tokens.weight.device
     tiles, size = image_tiles(model.image_processor, model.args, image)
-    features = model.graph.tile_features(tiles.to(device))
-    if model.args.family == "llava-next":
-        return model.graph.pack_tiles(features, torch.from_numpy(packing_index(size, model.args)).to(device))
-    return features[0]
+    return model.args.layout.image_embeddings(model.graph, tiles.to(device), size)
 
 
 def prepare(

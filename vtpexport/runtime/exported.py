@@ -14,9 +14,8 @@ from torch import Tensor
 from transformers import AutoTokenizer
 
 from ..errors import UserError
-from ..export.manifest import read_manifest
+from ..export.manifest import export_file, read_manifest
 from ..export.spec import LLM, past_input_name
-from ..models.anyres import packing_index
 from ..models.families import args_from_config
 from ..models.loader import config_from_folder, load_processing
 from ..recipe import Recipe
@@ -56,7 +55,8 @@ class ExportRunner:
         text_encoder = self.manifest.get("text_encoder")
         self.text_tokenizer = None
         if text_encoder is not None:
-            self.text_tokenizer = AutoTokenizer.from_pretrained(self.folder / text_encoder["tokenizer"])
+            tokenizer = export_file(self.folder, text_encoder["tokenizer"], "text_encoder.tokenizer")
+            self.text_tokenizer = AutoTokenizer.from_pretrained(tokenizer)
             self.text_tokenizer.padding_side = "right"
             self.text_len_max = self.manifest["dims"]["text_len"]["max"]
 
@@ -78,9 +78,10 @@ class ExportRunner:
     def image_embeddings(self, image: Image.Image, question: str | None = None) -> Tensor:
         """The image's visual tokens [n, D], from the vision graph (a text-guided selector reads the question)."""
         tiles, size = image_tiles(self.image_processor, self.args, image)
-        feeds = {"pixel_values": tiles.numpy().astype(np.float32)}
-        if self.args.family == "llava-next":
-            feeds["packing_index"] = packing_index(size, self.args)
+        names = [entry["name"] for entry in self.manifest["graphs"]["vision"]["inputs"]]
+        # The layout's inputs come first; a text-guided selector's text_embeds follow.
+        inputs = self.args.layout.vision_inputs(tiles, size)
+        feeds = {name: to_numpy(t) for name, t in zip(names, inputs, strict=False)}
         if self.text_tokenizer is not None:
             feeds["text_embeds"] = self.text_embeddings(question)
         return to_torch(self.run_graph("vision", feeds)["image_embeds"][0])

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, one_line
+from ..export.manifest import RUNTIME_CACHES, export_file
 from ..export.tensorrt import engine_profiles
 from .exported import ExportRunner, is_cache
 
@@ -35,7 +36,7 @@ def tensorrt_provider_options(folder: Path, manifest: dict, graph: str) -> dict[
         "trt_profile_opt_shapes": shapes("opt"),
         "trt_profile_max_shapes": shapes("max"),
         "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": str(folder / ".ort-trt-cache"),  # hidden: not part of the manifest
+        "trt_engine_cache_path": str(folder / RUNTIME_CACHES[0]),  # not part of the manifest
     }
 
 
@@ -63,7 +64,11 @@ class OrtRunner(ExportRunner):
             providers = [p for p in PROVIDERS[backend] if p in available]
             if backend == "ort-trt":
                 providers[0] = (providers[0], tensorrt_provider_options(self.folder, self.manifest, name))
-            session = ort.InferenceSession(str(self.folder / graph["file"]), options, providers=providers)
+            path = export_file(self.folder, graph["file"], f"graphs.{name}.file")
+            try:
+                session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as error:  # ONNX Runtime's errors share no base class; anything here is its
+                raise UserError(f"ONNX Runtime cannot load {path}: {one_line(error)}") from None
             # A listed provider whose libraries are missing is dropped silently: say so instead.
             if wanted not in session.get_providers():
                 raise UserError(
@@ -85,6 +90,9 @@ class OrtRunner(ExportRunner):
         names = [o.name for o in session.get_outputs()]
         for name in names:
             binding.bind_output(name, self.device if is_cache(name) else "cpu")
-        session.run_with_iobinding(binding)
+        try:
+            session.run_with_iobinding(binding)
+        except Exception as error:  # e.g. a graph swapped for one that takes other inputs
+            raise UserError(f"ONNX Runtime cannot run {self.folder / graph}.onnx: {one_line(error)}") from None
         values = binding.get_outputs()
         return {name: v if is_cache(name) else v.numpy() for name, v in zip(names, values, strict=True)}

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..export.manifest import export_file
 from ..export.tensorrt import collecting_logger, cuda_device, finish_command, import_tensorrt
 from .exported import ExportRunner, is_cache, to_numpy, to_torch
 
@@ -56,7 +57,8 @@ class TrtRunner(ExportRunner):
         self.runtime = trt.Runtime(self.logger)
         self.engines, self.contexts, self.active_profile = {}, {}, {}
         for graph, file in built["engines"].items():
-            engine = self.runtime.deserialize_cuda_engine((self.folder / file).read_bytes())
+            path = export_file(self.folder, file, f"tensorrt.engines.{graph}")
+            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
                 raise UserError(f"TensorRT cannot load {file}: {'; '.join(self.logger.errors) or 'no message'}")
             self.engines[graph] = engine

@@ -229,7 +229,7 @@ def write_dataset(out: Path, count: int, seed: int, force: bool = False) -> Path
     replaces an existing folder."""
     if count < 1:
         raise UserError("--count must be at least 1")
-    with folder_atomically(out, force, "the data set") as staging:
+    with folder_atomically(out, force, "the data set", lambda folder: (folder / "data.jsonl").is_file()) as staging:
         (staging / "images").mkdir()
         rows = []
         for index, (scene, question) in enumerate(samples(seed, count)):

@@ -556,7 +556,9 @@ def main(out: Path, resume_from: Path | None, **options) -> None:
     train_seconds = time.time() - started
     if resume_from is not None:  # count the time that produced the resumed state too
         train_seconds += json.loads((resume_from / "training_report.json").read_text())["train_seconds"]
-    with folder_atomically(out, True, "the model") as staging:
+    with folder_atomically(
+        out, True, "the model", lambda folder: (folder / "training_report.json").is_file()
+    ) as staging:
         save_model(graph, kit.config, kit.tokenizer, staging)
         report = {
             "settings": asdict(settings),

@@ -1,0 +1,152 @@
+"""How an image becomes the visual tokens of a prompt: one fixed tile (LLaVA-1.5, LLaVA-HR) or
+LLaVA-NeXT's anyres tiles. `LlavaArgs.layout` picks one from the architecture; everything that
+counts, tiles, packs, exports or feeds image tokens asks it instead of naming a family.
+
+The packing (which tile feature goes where, where image_newline goes) depends only on the image
+size, so it is computed on the host as an index; the graph just gathers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers.image_processing_utils import select_best_resolution
+
+if TYPE_CHECKING:
+    from .args import LlavaArgs
+
+
+class ImageLayout:
+    """What every layout answers, for the architecture it was made for."""
+
+    rule: str  # the manifest's image_tokens.rule
+    tiled: bool  # the vision graph takes one image's tiles and a packing index, not a batch of images
+    selectors: bool  # token selectors apply (they score one tile's patches)
+
+    def __init__(self, args: LlavaArgs):
+        self.args = args
+
+
+class SingleTile(ImageLayout):
+    """The whole image is one square tile of the vision tower's input; its token count is fixed,
+    so images batch together and token selectors apply."""
+
+    rule = "fixed"
+    tiled = False
+    selectors = True
+
+    def reference_size(self) -> tuple[int, int]:
+        """(height, width) budgets and `inspect` count at by default: the native input."""
+        return (self.args.input_image_size,) * 2
+
+    def num_tiles(self, image_size: tuple[int, int]) -> int:
+        return 1
+
+    def packing_index(self, image_size: tuple[int, int]) -> np.ndarray:
+        return np.arange(self.args.tokens_per_tile, dtype=np.int64)
+
+    def num_tokens(self, image_size: tuple[int, int]) -> int:
+        """Placeholders an image of (height, width) takes in the prompt."""
+        return self.args.tokens_per_tile
+
+    def token_range(self) -> tuple[int, int, int]:
+        """(min, opt, max) unpruned visual tokens of an image."""
+        return (self.args.tokens_per_tile,) * 3
+
+    def max_tiles(self) -> int:
+        return 1
+
+    def tracing_size(self) -> tuple[int, int]:
+        """An image size for export tracing."""
+        return self.reference_size()
+
+    def vision_inputs(self, tiles: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, ...]:
+        """The unpruned vision graph's inputs for one image's tiles [T, C, H, W]."""
+        return (tiles,)
+
+    def image_embeddings(self, graph, tiles: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """The image's visual tokens [n, D] in prompt order (`graph`: a LlavaGraph)."""
+        return graph.tile_features(tiles)[0]
+
+
+class AnyresTiles(ImageLayout):
+    """LLaVA-NeXT: the base image plus a grid of high-resolution tiles picked from the grid
+    pinpoints, unpadded and packed with one image_newline per row; one image per vision call."""
+
+    rule = "anyres"
+    tiled = True
+    selectors = False  # scoring across tiles of one image is not built yet
+
+    def reference_size(self) -> tuple[int, int]:
+        """The largest tiling, as `vtpexport inspect` counts by default."""
+        return max((tuple(p) for p in self.args.image_grid_pinpoints), key=lambda hw: (hw[0] * hw[1], hw))
+
+    def tile_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of high-resolution tiles for an image of (height, width)."""
+        pinpoints = [list(p) for p in self.args.image_grid_pinpoints]
+        height, width = select_best_resolution(list(image_size), pinpoints)
+        return height // self.args.vision.image_size, width // self.args.vision.image_size
+
+    def num_tiles(self, image_size: tuple[int, int]) -> int:
+        """Tiles the vision tower sees: the grid plus the downscaled base image."""
+        rows, cols = self.tile_grid(image_size)
+        return rows * cols + 1
+
+    def packing_index(self, image_size: tuple[int, int]) -> np.ndarray:
+        """Rows of cat(tile_features.flatten(0, 1), image_newline) in the image's token order.
+
+        Order (as LLaVA-NeXT): the base tile's tokens, then the unpadded high-resolution grid
+        row by row with one image_newline after each row.
+        """
+        args = self.args
+        per_tile = args.tokens_per_tile
+        newline = self.num_tiles(image_size) * per_tile
+        side = args.vision.grid_size
+        rows, cols = self.tile_grid(image_size)
+        r0, r1, c0, c1 = _unpadded_window(image_size, rows * side, cols * side)
+        y, x = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
+        tile = (y // side) * cols + (x // side)
+        within = (y % side) * side + (x % side)
+        grid = (1 + tile) * per_tile + within
+        grid = np.concatenate([grid, np.full((r1 - r0, 1), newline)], axis=1)
+        return np.concatenate([np.arange(per_tile), grid.reshape(-1)]).astype(np.int64)
+
+    def num_tokens(self, image_size: tuple[int, int]) -> int:
+        return len(self.packing_index(image_size))
+
+    def token_range(self) -> tuple[int, int, int]:
+        side = self.args.vision.image_size
+        # Aspect ratios from 1:10 to 10:1 cover every tile grid and unpadding the pinpoints allow.
+        counts = [self.num_tokens((side * 10, side * w // 10 or 1)) for w in range(10, 101)]
+        counts += [self.num_tokens((side * h // 10 or 1, side * 10)) for h in range(10, 101)]
+        return min(counts), self.num_tokens((side * 2, side * 2)), max(counts)
+
+    def max_tiles(self) -> int:
+        tile = self.args.vision.image_size
+        return max((h // tile) * (w // tile) for h, w in self.args.image_grid_pinpoints) + 1
+
+    def tracing_size(self) -> tuple[int, int]:
+        side = self.args.vision.image_size
+        return (side * 2, side)  # a 2x1 tile grid: tiles and image tokens both vary
+
+    def vision_inputs(self, tiles: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, ...]:
+        return (tiles, torch.from_numpy(self.packing_index(image_size)))
+
+    def image_embeddings(self, graph, tiles: Tensor, image_size: tuple[int, int]) -> Tensor:
+        index = torch.from_numpy(self.packing_index(image_size)).to(tiles.device)
+        return graph.pack_tiles(graph.tile_features(tiles), index)
+
+
+def _unpadded_window(image_size: tuple[int, int], grid_h: int, grid_w: int) -> tuple[int, int, int, int]:
+    """Rows [r0, r1) and cols [c0, c1) of the padded feature grid that hold the image."""
+    orig_h, orig_w = image_size
+    if orig_w / orig_h > grid_w / grid_h:
+        new_h = int(round(orig_h * (grid_w / orig_w), 7))
+        pad = (grid_h - new_h) // 2
+        return pad, grid_h - pad, 0, grid_w
+    new_w = int(round(orig_w * (grid_h / orig_h), 7))
+    pad = (grid_w - new_w) // 2
+    return 0, grid_h, pad, grid_w - pad

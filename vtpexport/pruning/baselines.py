@@ -1,0 +1,74 @@
+"""Baselines a pruning table needs beside the methods: a random subset of the patches and
+average pooling of the patch grid, at fixed counts. Independent benchmarks find that both, at
+the same token count, beat many published selectors; a table without them cannot say whether a
+method helps.
+
+Both read only the feature layer's patch tokens (no attention probabilities, no probe), export
+to a constant Gather and an AveragePool, and keep counts fixed by the recipe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..schema import Field
+from .ops import gather_tokens
+from .registry import COUNT, Selection, Selector, SelectorInputs, SelectorSpec, register
+
+RANDOM_SEED = 0
+
+
+def random_patches(num_patches: int, keep: int, seed: int = RANDOM_SEED) -> Tensor:
+    """`keep` of `num_patches` patch indices drawn uniformly without replacement, in raster order.
+
+    One draw, the same for every image: a per-image draw would put a random op in the graph,
+    which no serving stack reproduces and `verify` could not compare with the eager reference.
+    Drawn with numpy, so the export traces a constant index, not a random op."""
+    return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(num_patches)[:keep]))
+
+
+@register
+class RandomPatches(Selector):
+    name = "random"
+    summary = "keep `tokens` patches drawn uniformly at random (one seeded draw, the same for every image)"
+    fields = {"tokens": Field(COUNT)}
+
+    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
+        return min(spec.tokens, num_patches)
+
+    def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
+        patches = inputs.patches
+        kept = random_patches(patches.shape[1], self.output_tokens(spec, patches.shape[1], inputs.grid_size))
+        kept = kept.to(patches.device)[None].expand(patches.shape[0], -1)
+        return Selection(gather_tokens(patches, kept), kept)
+
+
+@register
+class PooledGrid(Selector):
+    name = "pool"
+    summary = "average-pool the patch grid into `tokens` = m x m cells (m dividing the grid side)"
+    fields = {"tokens": Field(COUNT)}
+
+    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
+        side = math.isqrt(spec.tokens)
+        if side * side != spec.tokens or side == 0 or grid_size % side:
+            sides = [m * m for m in range(1, grid_size + 1) if grid_size % m == 0]
+            raise self.error(
+                f"tokens must be m x m with m dividing the {grid_size}x{grid_size} patch grid: one of "
+                f"{', '.join(map(str, sides))}, got {spec.tokens}"
+            )
+        return spec.tokens
+
+    def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
+        patches, grid = inputs.patches, inputs.grid_size
+        b, _, c = patches.shape
+        window = grid // math.isqrt(self.output_tokens(spec, grid * grid, grid))
+        cells = patches.transpose(1, 2).reshape(b, c, grid, grid)
+        pooled = F.avg_pool2d(cells, window).flatten(2).transpose(1, 2)
+        # Each token averages a window of patches, not one patch: -1, as for PruMerge's merged token.
+        return Selection(pooled, torch.full(pooled.shape[:2], -1, dtype=torch.long, device=patches.device))
