@@ -184,8 +184,8 @@ def test_verify_fails_on_every_added_removed_or_changed_byte(export):
         for name, data in pristine.items():
             (export / name).write_bytes(data)
 
-    (export / "decode.onnx").write_bytes(pristine["decode.onnx"][:-1] + bytes([pristine["decode.onnx"][-1] ^ 1]))
-    verify_fails("decode.onnx (changed)")
+    (export / "llm.onnx").write_bytes(pristine["llm.onnx"][:-1] + bytes([pristine["llm.onnx"][-1] ^ 1]))
+    verify_fails("llm.onnx (changed)")
     (export / "tokenizer.json").unlink()
     verify_fails("tokenizer.json (removed)")
     (export / "notes.txt").write_text("added")
@@ -269,7 +269,7 @@ def test_garbage_or_swapped_graphs_are_one_line(export, image):
     refused(invoke(*run), f"ONNX Runtime cannot load {export / 'vision.onnx'}")
     refused(invoke("lint", export), f"cannot lint {export / 'vision.onnx'}: not a readable ONNX model")
 
-    shutil.copy(export / "decode.onnx", export / "vision.onnx")  # loads, but takes other inputs
+    shutil.copy(export / "llm.onnx", export / "vision.onnx")  # loads, but takes other inputs
     reseal(export, "vision.onnx")
     refused(invoke(*run), f"ONNX Runtime cannot run {export / 'vision'}.onnx")
 
@@ -520,7 +520,7 @@ def test_a_full_disk_leaves_nothing_half_written(export, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("11.1.0"))
     monkeypatch.setattr(tensorrt_build, "cuda_device", lambda: ("Fake GPU", "8.9"))
     monkeypatch.setattr(tensorrt_build, "write_atomically", full_disk(1)(tensorrt_build.write_atomically))
-    refused(invoke("build", "--from", export, "--engine", "trt"), "cannot write the prefill engine", "No space left")
+    refused(invoke("build", "--from", export, "--engine", "trt"), "cannot write the llm engine", "No space left")
     assert snapshot(tmp_path) == before
     monkeypatch.undo()
     assert invoke("verify", export, "--max-new-tokens", 1).exit_code == 0  # the next ordinary run

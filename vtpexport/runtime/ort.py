@@ -82,17 +82,17 @@ class OrtRunner(ExportRunner):
         OrtValues on the provider's device, every other output as numpy."""
         session = self.sessions[graph]
         binding = session.io_binding()
-        for name, value in feeds.items():
-            if isinstance(value, self.ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
-            else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
         names = [o.name for o in session.get_outputs()]
-        for name in names:
-            binding.bind_output(name, self.device if is_cache(name) else "cpu")
-        try:
+        try:  # binding fails too on a graph swapped for one that takes other inputs
+            for name, value in feeds.items():
+                if isinstance(value, self.ort.OrtValue):
+                    binding.bind_ortvalue_input(name, value)
+                else:
+                    binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            for name in names:
+                binding.bind_output(name, self.device if is_cache(name) else "cpu")
             session.run_with_iobinding(binding)
-        except Exception as error:  # e.g. a graph swapped for one that takes other inputs
+        except Exception as error:
             raise UserError(f"ONNX Runtime cannot run {self.folder / graph}.onnx: {one_line(error)}") from None
         values = binding.get_outputs()
         return {name: v if is_cache(name) else v.numpy() for name, v in zip(names, values, strict=True)}
