@@ -142,7 +142,7 @@ def main() -> None:
     key_mask = torch.ones(1, seq, dtype=torch.long)
     scoring = {
         "fitprune 3 drops": lambda: [
-            topk_ascending(fitprune_scores(probs, PREFIX, N, key_mask), N - 192) for _ in range(3)
+            topk_ascending(fitprune_scores(probs[:, :, PREFIX:], PREFIX, N, key_mask), N - 192) for _ in range(3)
         ],
         "fastv K=2 R=0.5": lambda: topk_ascending(fastv_scores(probs[:, :, -1], PREFIX, N, key_mask), N // 2),
     }

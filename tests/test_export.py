@@ -4,6 +4,7 @@ each one is built once per module."""
 
 import json
 
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -156,11 +157,17 @@ def assert_one_line_error(result, fragment):
 
 
 def test_cli_build_run_verify_lint(tmp_path, image_file):
+    """The TensorRT 11 attention form (ONNX Attention, opset 23) end to end on ONNX Runtime; every
+    other export in the suite writes the TensorRT 10 form."""
     recipe = write_recipe(tmp_path, "tiny-llava-1.5", "fastv-tiny", schedule=SCHEDULES["fastv"](36))
     out = tmp_path / "exported" / "fastv-tiny"
-    result = invoke("build", "--recipe", recipe, "--out", out)
+    result = invoke("build", "--recipe", recipe, "--out", out, "--trt-target", "11")
     assert result.exit_code == 0, result.output
     assert "exporting prefill.onnx" in result.output and f"wrote {out}" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["opset"], manifest["trt_target"]["major"]) == (23, 11)
+    ops = [node.op_type for node in onnx.load(out / "prefill.onnx", load_external_data=False).graph.node]
+    assert ops.count("Attention") == 4 and "Softmax" in ops  # FastV's one scoring row keeps its fp32 softmax
     result = invoke("run", out, "--image", image_file, "--prompt", "What?", "--max-new-tokens", 5)
     assert result.exit_code == 0, result.output
     eager = invoke(
@@ -181,6 +188,7 @@ def test_cli_build_run_verify_lint(tmp_path, image_file):
     assert result.exit_code == 0 and "verify passed" in result.output, result.output
     result = invoke("lint", out)
     assert result.exit_code == 0 and "3 graphs pass" in result.output, result.output
+    assert "prefill.onnx: 4 attention layers, 4 fusable" in result.output, result.output
 
     assert_one_line_error(invoke("build", "--recipe", recipe, "--out", out), "already exists; pass --force")
     assert invoke("build", "--recipe", recipe, "--out", out, "--force").exit_code == 0
@@ -203,6 +211,10 @@ def test_cli_build_refuses_bad_input(tmp_path):
         invoke("build", "--recipe", recipe, "--out", blocker / "sub" / "x"), "cannot write the export"
     )
     assert_one_line_error(invoke("build", "--recipe", tmp_path / "missing.yaml"), "recipe not found")
+    assert_one_line_error(
+        invoke("build", "--recipe", recipe, "--trt-target", "11", "--opset", "18", "--out", tmp_path / "a"),
+        "needs --opset >= 23",
+    )
     assert_one_line_error(invoke("verify", tmp_path), "no manifest.json")
     assert not (tmp_path / "a").exists()
 

@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from vtpexport.errors import UserError
-from vtpexport.export.lint import TOPK_MAX_K, LintIssue, format_issues, lint_model
+from vtpexport.export.lint import TOPK_MAX_K, LintIssue, attention_layers, format_issues, lint_model
 
 GRAPH = "prefill.onnx"
 
@@ -278,6 +278,62 @@ def test_issues_are_sorted_and_formatted():
 
 
 # --- files --------------------------------------------------------------------------------
+
+
+def attention_model(island: bool, scores_only: bool = False, attention_op: bool = False) -> onnx.ModelProto:
+    """One fp16 attention over q, k, v [1, 2, 4, 8] with a mask: the fusable primitive form, or with
+    an fp32 Cast island around the softmax, or a softmax that feeds only a score, or ONNX Attention."""
+    half = TensorProto.FLOAT16
+    inputs = [helper.make_tensor_value_info(n, half, [1, 2, 4, 8]) for n in ("q", "k", "v")]
+    inputs.append(helper.make_tensor_value_info("mask", half, [1, 1, 4, 4]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT if scores_only else half, None)]
+    if attention_op:
+        return make_model(
+            [helper.make_node("Attention", ["q", "k", "v", "mask"], ["y"], name="attn")], inputs, outputs, opset=23
+        )
+    scale = numpy_helper.from_array(np.array(8**-0.5, dtype=np.float16), "scale")
+    nodes = [
+        helper.make_node("Mul", ["q", "scale"], ["qs"], name="fold_scale"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["qs", "kt"], ["logits"], name="qk"),
+        helper.make_node("Add", ["logits", "mask"], ["masked"], name="mask_add"),
+    ]
+    if island:
+        nodes += [
+            helper.make_node("Cast", ["masked"], ["masked32"], name="up", to=TensorProto.FLOAT),
+            helper.make_node("Softmax", ["masked32"], ["probs32"], name="softmax", axis=-1),
+            helper.make_node("Cast", ["probs32"], ["probs"], name="down", to=half),
+        ]
+    else:
+        nodes.append(helper.make_node("Softmax", ["masked"], ["probs"], name="softmax", axis=-1))
+    if scores_only:
+        nodes += [
+            helper.make_node("Cast", ["probs"], ["probs_f"], name="to_fp32", to=TensorProto.FLOAT),
+            helper.make_node("ReduceMax", ["probs_f"], ["y"], name="score", keepdims=0),
+        ]
+    else:
+        nodes.append(helper.make_node("MatMul", ["probs", "v"], ["y"], name="pv"))
+    return make_model(nodes, inputs, outputs, [scale])
+
+
+def test_fusable_attention_forms_pass_and_are_counted():
+    for model in (attention_model(island=False), attention_model(island=False, attention_op=True)):
+        assert lint(model, {}, opset_range=(18, 24)) == []
+        assert [layer.fusable for layer in attention_layers(model)] == [True]
+
+
+def test_cast_island_around_softmax_is_reported_for_tensorrt_only():
+    model = attention_model(island=True)
+    assert [(i.node, i.op_type) for i in lint(model, {})] == [("softmax", "Softmax")]
+    assert "will not fuse" in lint(model, {})[0].message
+    assert lint(model, {}, for_tensorrt=False) == []
+    assert [layer.fusable for layer in attention_layers(model)] == [False]
+
+
+def test_softmax_feeding_only_a_score_is_not_an_attention_layer():
+    model = attention_model(island=False, scores_only=True)
+    assert attention_layers(model) == []
+    assert lint(model, {}) == []
 
 
 def test_lints_a_file_without_reading_its_external_data(tmp_path):

@@ -1,7 +1,8 @@
-"""fp16 / bf16 exports: valid ONNX that passes our lint, norms / softmax / scores in fp32 between
-explicit casts, weights in the low precision, and outputs within that precision's tolerance of
-the fp32 eager graph. fp16 runs on ONNX Runtime's CPU kernels; bf16, which ONNX Runtime's CPU
-provider cannot run, on onnx's reference evaluator."""
+"""fp16 / bf16 exports: valid ONNX that passes our lint, norms and pruning scores in fp32 between
+explicit casts, every attention layer fused in the low precision, weights in the low precision,
+and outputs within that precision's tolerance of the fp32 eager graph. fp16 runs on ONNX
+Runtime's CPU kernels; bf16, which ONNX Runtime's CPU provider cannot run, on onnx's reference
+evaluator."""
 
 import json
 
@@ -14,7 +15,7 @@ from onnx.reference import ReferenceEvaluator
 from test_export import write_recipe
 
 from vtpexport.export.build import build_onnx
-from vtpexport.export.lint import lint_model
+from vtpexport.export.lint import attention_layers, lint_model
 from vtpexport.export.onnx_export import export_all
 from vtpexport.export.precision import PRECISIONS
 from vtpexport.export.spec import ExportLimits, dim_ranges, graph_specs
@@ -28,9 +29,9 @@ RECIPES = {
     "fp16": (SelectorSpec("fopru-rank", ratio=0.75), ScheduleSpec("fitprune", drop=(0, 6, 4, 0), visual_tokens=27)),
     "bf16": (SelectorSpec("prumerge", tokens=24), ScheduleSpec("pyramiddrop", layers=(1, 2, 3), ratio=0.5)),
 }
-# Ops whose inputs must be fp32 in a low-precision graph: softmax, the norms' reductions, the selections
-# (TopK also re-sorts int64 indices).
-FP32_OPS = {"Softmax", "ReduceMean", "LayerNormalization", "TopK"}
+# Ops whose inputs must be fp32 in a low-precision graph: the norms' reductions, the selections
+# (TopK also re-sorts int64 indices); softmaxes too, except the attention layers' own.
+FP32_OPS = {"ReduceMean", "LayerNormalization", "TopK"}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,14 @@ def test_low_precision_graphs_are_valid_and_keep_sensitive_ops_fp32(exports, pre
         onnx.checker.check_model(model, full_check=True)
         assert lint_model(path, graph_name=path.name, dim_ranges=ranges) == []
         types = _elem_types(model)
-        checked = [n for n in model.graph.node if n.op_type in FP32_OPS]
+        layers = {layer.node for layer in attention_layers(model)}
+        assert layers and all(layer.fusable for layer in attention_layers(model)), path.name
+        for node in model.graph.node:
+            if node.name in layers:
+                assert types[node.input[0]] == low, (path.name, node.name)
+        checked = [
+            n for n in model.graph.node if n.op_type in FP32_OPS or (n.op_type == "Softmax" and n.name not in layers)
+        ]
         assert checked, path.name
         for node in checked:
             assert types[node.input[0]] in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64), (path.name, node.name)

@@ -35,6 +35,7 @@ from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, pape
 from .graph.args import LlavaArgs
 from .graph.decoder import Decoder, LayerAttention, Sequence
 from .progress import progress_bar, track
+from .pruning.fitprune import scored_rows_probs
 from .pruning.prefill import PrefillHook
 from .pruning.registry import schedule_method
 from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, check_selector
@@ -139,18 +140,19 @@ class Fit:
     meets: bool
 
 
-def visual_masses(probs: Tensor, seq: Sequence) -> tuple[Tensor, Tensor]:
-    """Per visual token j of batch row 0, from head-max probabilities (fp32): the mean attention
-    of the text rows after the image (c_j) and of the visual rows (s_j) to j."""
+def visual_masses(rows_probs: Tensor, seq: Sequence) -> tuple[Tensor, Tensor]:
+    """Per visual token j of batch row 0, from head-max probabilities (fp32) of the image and text
+    rows [B, H, n + T, S] (`scored_rows_probs`): the mean attention of the text rows after the
+    image (c_j) and of the visual rows (s_j) to j."""
     start, n = seq.image_start, seq.image_len
-    to_image = probs[0, :, :, start : start + n].amax(dim=0).float()  # [S, n]
-    valid = seq.key_mask[0].to(to_image.dtype)
+    to_image = rows_probs[0, :, :, start : start + n].amax(dim=0)  # [n + T, n]
+    valid = seq.key_mask[0, start:].to(to_image.dtype)
 
     def mean_of_rows(rows: slice) -> Tensor:
         weights = valid[rows]
         return (to_image[rows] * weights[:, None]).sum(dim=0) / weights.sum().clamp(min=1)
 
-    return mean_of_rows(slice(start + n, None)), mean_of_rows(slice(start, start + n))
+    return mean_of_rows(slice(n, None)), mean_of_rows(slice(0, n))
 
 
 def _remaining_mass(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -181,11 +183,8 @@ class _ReferenceMasses(PrefillHook):
         super().__init__()
         self.out = out
 
-    def needs_probs(self, index: int) -> bool:
-        return True
-
     def after_attention(self, decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention):
-        cross, self_ = visual_masses(attention.probs, seq)
+        cross, self_ = visual_masses(scored_rows_probs(decoder, index, seq, attention), seq)
         self.out[index, 0], self.out[index, 1] = total_mass(cross), total_mass(self_)
         return seq, None
 
@@ -199,11 +198,8 @@ class _LowestMassDrop(PrefillHook):
         self.keep_cross, self.keep_self = keep
         self.counts = counts
 
-    def needs_probs(self, index: int) -> bool:
-        return True
-
     def after_attention(self, decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention):
-        cross, self_ = visual_masses(attention.probs, seq)
+        cross, self_ = visual_masses(scored_rows_probs(decoder, index, seq, attention), seq)
         dropped = lowest_removable(cross, self.keep_cross) & lowest_removable(self_, self.keep_self)
         self.counts[index] = int(dropped.sum())
         if not self.counts[index]:

@@ -153,9 +153,17 @@ def run(
     type=click.Choice(["fp32", "fp16", "bf16"]),
     default="fp32",
     show_default=True,
-    help="Weights and activations; norms, softmax and pruning scores stay fp32.",
+    help="Weights, activations and attention; norms and pruning scores stay fp32.",
 )
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option(
+    "--trt-target",
+    type=click.Choice(["10", "11"]),
+    default="10",
+    show_default=True,
+    help="TensorRT generation whose fused attention the graphs use: 10 (10.0-10.13, Jetson) writes "
+    "MatMul-Softmax-MatMul at opset 18; 11 (>= 10.14) writes ONNX Attention at opset 23.",
+)
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: the --trt-target's, 18 or 23).")
 @click.option("--max-batch", type=click.IntRange(1, 1024), default=4, show_default=True)
 @click.option("--max-prompt-len", type=click.IntRange(1, 1 << 15), default=256, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1, 1 << 15), default=128, show_default=True)
@@ -184,6 +192,7 @@ def build(
     engine,
     out,
     precision,
+    trt_target,
     opset,
     max_batch,
     max_prompt_len,
@@ -228,7 +237,9 @@ def build(
             model_spec = Recipe.load(recipe_path).model.name
         recipe_path = None
     limits = ExportLimits(max_batch=max_batch, max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens)
-    folder = build_onnx(model_spec, recipe_path, out, weights, limits, opset, force, report, precision, text_encoder)
+    folder = build_onnx(
+        model_spec, recipe_path, out, weights, limits, opset, force, report, precision, text_encoder, int(trt_target)
+    )
     if engine == "trt":  # the ONNX is progress here, so a refusal prints its one error line and nothing else
         report(f"wrote {folder}")
     else:
@@ -276,8 +287,9 @@ def verify(export_dir, model_spec, weights, data, max_new_tokens, tolerance, bac
 @main.command()
 @click.argument("export_dir")
 def lint(export_dir: str) -> None:
-    """Static TensorRT-compatibility check of an export's graphs."""
-    from .export.lint import format_issues, lint_model
+    """Static TensorRT-compatibility check of an export's graphs; counts each graph's attention
+    layers and how many are in a form TensorRT fuses."""
+    from .export.lint import attention_layers, format_issues, lint_model
     from .export.manifest import export_file, read_manifest
 
     manifest = read_manifest(export_dir)
@@ -288,6 +300,9 @@ def lint(export_dir: str) -> None:
         if not path.is_file():
             raise UserError(f"{path} is missing")
         issues += lint_model(path, graph_name=graph["file"], dim_ranges=ranges)
+        layers = attention_layers(path)
+        fusable = sum(layer.fusable for layer in layers)
+        click.echo(f"{graph['file']}: {len(layers)} attention layers, {fusable} fusable")
     if issues:
         click.echo(format_issues(issues).rstrip())
         reason = manifest.get("onnx_runtime_only")

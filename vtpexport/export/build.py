@@ -22,6 +22,7 @@ from ..recipe import Recipe
 from ..runtime.eager import check_recipe_applies
 from ..safety import inside
 from ..schema import slugify
+from .attention import attention_target
 from .lint import format_issues, lint_model
 from .manifest import is_export, write_manifest
 from .onnx_export import IR_VERSION, export_all
@@ -64,18 +65,22 @@ def build_onnx(
     out: str | None = None,
     weights: str | None = None,
     limits: ExportLimits | None = None,
-    opset: int = 18,
+    opset: int | None = None,
     force: bool = False,
     report: Callable[[str], None] = lambda message: None,
     precision: str = "fp32",
     text_encoder: str | None = None,
+    trt_target: int = 10,
 ) -> Path:
     """Export vision, prefill and decode graphs with the recipe baked in (and CLIP's text tower
     for a text-guided selector, from `text_encoder` or the model's default); returns the folder.
 
-    precision: fp32, fp16 or bf16 weights and activations (norms, softmax and scores stay fp32).
+    precision: fp32, fp16 or bf16 weights and activations (norms and pruning scores stay fp32).
+    trt_target: the TensorRT generation whose fused-attention form the graphs use (10 or 11);
+    opset: the ONNX opset (default: the target's).
     """
     chosen = find_precision(precision)
+    target, opset = attention_target(trt_target, opset)
     if not SUPPORTED_OPSETS[0] <= opset <= SUPPORTED_OPSETS[1]:
         raise UserError(f"--opset {opset} is outside {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[1]}")
     recipe = Recipe.load(recipe_path) if recipe_path else None
@@ -94,7 +99,7 @@ def build_onnx(
     with folder_atomically(destination, force, "the export", is_export) as staging:
         specs = graph_specs(args, recipe, chosen.dtype_name, text.args if text else None)
         expressions = export_all(
-            model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"), text
+            model.graph, recipe, specs, staging, opset, lambda g: report(f"exporting {g}.onnx"), text, target
         )
         for name in MODEL_FILES:
             if (model.source.folder / name).is_file():
@@ -121,7 +126,7 @@ def build_onnx(
         ]
         if issues:
             raise UserError(f"lint failed ({len(issues)} issue(s)): {format_issues(issues[:1]).strip()}")
-        content = _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, chosen.name)
+        content = _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, chosen.name, target)
         (staging / PROFILES).write_text(profiles_json(engine_profiles(content)))
         write_manifest(staging, content)
     return destination
@@ -138,7 +143,7 @@ def _onnx_runtime_only(recipe: Recipe | None) -> str | None:
     )
 
 
-def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, precision) -> dict:
+def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, precision, target) -> dict:
     args = model.args
     schedule = recipe.schedule if recipe else None
     n_min, n_opt, n_max = image_token_range(args, None)
@@ -160,6 +165,7 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, opset, prec
         "engine": "onnx",
         "precision": precision,
         "opset": opset,
+        "trt_target": {"major": target.trt_major, "attention": target.form},
         "ir_version": IR_VERSION,
         "model": {
             "name": model_spec,

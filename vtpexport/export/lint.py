@@ -11,6 +11,10 @@ TensorRT ONNX parser or builder would otherwise only report on a GPU machine:
   tensor values, like an adaptive outlier count, is a data-dependent shape) and stays
   <= 3840 over the declared dimension ranges;
 - the IR version is one ONNX Runtime loads (<= 10) and the default-domain opset is in range;
+- for TensorRT: every attention layer (an ONNX Attention, or a Softmax whose output multiplies
+  the values, through Casts or not) is in a form TensorRT fuses into one kernel: Attention, or
+  MatMul -> (mask Add) -> Softmax -> MatMul with no Cast between (an fp32 Cast island around the
+  softmax leaves it unfused). Softmaxes that feed only pruning scores are not attention layers;
 - every dynamic input dimension is named and has a valid (min, opt, max) range.
 
 TopK's K is bounded by its constant value when it is one, else by the length of the TopK
@@ -128,7 +132,66 @@ def lint_model(
         issue = _check_node(node, label, scope, bounds, for_tensorrt)
         if issue:
             issues.append(LintIssue(graph_name, label, node.op_type, issue))
+    if for_tensorrt:
+        issues += [
+            LintIssue(graph_name, layer.node, layer.op_type, UNFUSABLE_ATTENTION)
+            for layer in _attention_layers(model.graph)
+            if not layer.fusable
+        ]
     return sorted(issues)
+
+
+UNFUSABLE_ATTENTION = (
+    "attention whose probabilities nothing else reads is not MatMul -> (Add) -> Softmax -> MatMul in one dtype "
+    "(nor ONNX Attention): TensorRT will not fuse it into a multi-head-attention kernel"
+)
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    node: str  # the Attention or Softmax node
+    op_type: str
+    fusable: bool
+
+
+def attention_layers(model: onnx.ModelProto | str | Path) -> list[AttentionLayer]:
+    """The attention layers of a graph's top level (subgraphs hold none in our exports), each
+    with whether TensorRT can fuse it; a path is read without its external data."""
+    model = _load(model)
+    if model.functions:
+        model = inliner.inline_local_functions(model)
+    return _attention_layers(model.graph)
+
+
+def _attention_layers(graph: onnx.GraphProto) -> list[AttentionLayer]:
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def reaches_values(name: str) -> bool:  # the probabilities multiply V, through Casts or not
+        return any(
+            (c.op_type == "MatMul" and c.input[0] == name) or (c.op_type == "Cast" and reaches_values(c.output[0]))
+            for c in consumers.get(name, [])
+        )
+
+    def from_scores(name: str) -> bool:  # MatMul(Q, K^T), optionally plus a mask
+        node = producer.get(name)
+        if node is not None and node.op_type == "Add":
+            return any(getattr(producer.get(i), "op_type", None) == "MatMul" for i in node.input)
+        return node is not None and node.op_type == "MatMul"
+
+    layers = []
+    for index, node in enumerate(graph.node):
+        label = node.name or f"<unnamed {node.op_type} #{index}>"
+        if node.op_type == "Attention" and node.domain in STANDARD_DOMAINS:
+            layers.append(AttentionLayer(label, node.op_type, True))
+        elif node.op_type == "Softmax" and reaches_values(node.output[0]):
+            direct = consumers.get(node.output[0], [])
+            fusable = from_scores(node.input[0]) and all(c.op_type == "MatMul" for c in direct)
+            layers.append(AttentionLayer(label, node.op_type, fusable))
+    return layers
 
 
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:

@@ -72,6 +72,12 @@ MANIFEST_SCHEMA = Record(
         "engine": Field(Text(choices=("onnx", "trt"))),
         "precision": Field(Text(choices=("fp32", "fp16", "bf16"))),
         "opset": Field(Int(1)),
+        "trt_target": Field(
+            Record(
+                {"major": Field(Int(10, 11)), "attention": Field(Text(max_length=128))},
+                what="a TensorRT target mapping",
+            )
+        ),
         "ir_version": Field(Int(1)),
         "model": Field(
             Record(

@@ -15,6 +15,7 @@ from torch import nn
 from ..graph.llava import LlavaGraph
 from ..graph.text_encoder import ClipTextEncoder
 from ..recipe import Recipe
+from .attention import TARGETS, AttentionTarget
 from .modules import DecodeGraph, PrefillGraph, TextEncoderGraph, vision_graph
 from .spec import GraphSpec
 
@@ -92,8 +93,11 @@ def _quiet_exporter():
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
-def export_graph(module: nn.Module, inputs: tuple, spec: GraphSpec, path: Path, opset: int) -> dict[str, str]:
-    """Export one graph; returns the exporter's expression for every output dimension we renamed."""
+def export_graph(
+    module: nn.Module, inputs: tuple, spec: GraphSpec, path: Path, opset: int, target: AttentionTarget
+) -> dict[str, str]:
+    """Export one graph, attention in `target`'s fusable form; returns the exporter's expression
+    for every output dimension we renamed."""
     _quiet_exporter()
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     try:
@@ -104,6 +108,7 @@ def export_graph(module: nn.Module, inputs: tuple, spec: GraphSpec, path: Path, 
             input_names=[t.name for t in spec.inputs],
             output_names=[t.name for t in spec.outputs],
             opset_version=opset,
+            custom_translation_table=target.translations(),
             dynamo=True,
             verbose=False,
         )
@@ -145,9 +150,11 @@ def export_all(
     opset: int,
     on_graph=None,
     text_encoder: ClipTextEncoder | None = None,
+    target: AttentionTarget = TARGETS[10],
 ) -> dict[str, dict[str, str]]:
     """Export every graph of `specs` into `folder`; `on_graph(name)` reports progress.
-    `text_encoder` (CLIP's text tower) is exported when the specs include it."""
+    `text_encoder` (CLIP's text tower) is exported when the specs include it; attention is
+    written in `target`'s fusable form."""
     text_encoder = text_encoder if "text_encoder" in specs else None
     inputs = example_inputs(llava, recipe, text_encoder)
     modules = {
@@ -160,7 +167,7 @@ def export_all(
     for name, spec in specs.items():
         if on_graph:
             on_graph(name)
-        expressions[name] = export_graph(modules[name](), inputs[name], spec, folder / f"{name}.onnx", opset)
+        expressions[name] = export_graph(modules[name](), inputs[name], spec, folder / f"{name}.onnx", opset, target)
     return expressions
 
 

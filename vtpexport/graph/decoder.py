@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..pruning.fitprune import materialised_attention
 from ..pruning.ops import gather_tokens
 from ..pruning.prefill import PrefillHook
 from ..pruning.registry import ScheduleSpec
 from .args import TextArgs
+from .attention import fused_attention, score_logits
 from .vision import activation
 
 
@@ -69,11 +68,6 @@ def attention_bias(
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def repeat_kv(x: Tensor, groups: int) -> Tensor:
-    """[B, H_kv, S, Dh] -> [B, H_kv * groups, S, Dh] for grouped-query attention."""
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
-
-
 class Attention(nn.Module):
     def __init__(self, args: TextArgs):
         super().__init__()
@@ -103,22 +97,13 @@ class Attention(nn.Module):
         return self.query(x, cos, sin), self.key(x, cos, sin), self.heads(self.v_proj(x), self.num_kv_heads)
 
     def logits(self, q: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-        """fp32 attention logits [B, H, Sq, Sk] of queries q [B, H, Sq, Dh] over keys k [B, H_kv, Sk, Dh]."""
-        k = repeat_kv(k, self.num_heads // self.num_kv_heads)
-        return (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5 + bias.float()
+        """fp32 attention logits [B, H, Sq, Sk] of queries q [B, H, Sq, Dh] over keys k [B, H_kv, Sk, Dh]
+        (pruning scores: only the rows they read, beside the layer's fused attention)."""
+        return score_logits(q, k, bias)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, return_probs: bool = False):
-        """Attention output before o_proj [B, S, H * Dh], and the fp32 probabilities if asked."""
-        groups = self.num_heads // self.num_kv_heads
-        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-        probs = None
-        if return_probs or q.dtype != torch.float32:
-            # Scoring layers need the probabilities, and fp16/bf16 graphs need the softmax in
-            # fp32 with explicit casts, which the fused kernel does not give: no fused kernel there.
-            y, probs = materialised_attention(q, k, v, bias)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return y.transpose(1, 2).flatten(2), probs
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        """Attention output before o_proj [B, S, H * Dh], fused, in the network's dtype."""
+        return fused_attention(q, k, v, bias).transpose(1, 2).flatten(2)
 
 
 class FeedForward(nn.Module):
@@ -193,7 +178,6 @@ class LayerAttention:
     v: Tensor  # [B, H_kv, S, Dh]
     bias: Tensor  # [B, 1, S, S]
     output: Tensor  # [B, S, H * Dh] before o_proj
-    probs: Tensor | None  # [B, H, S, S] fp32, when the hook's `needs_probs` asked for them
 
 
 @dataclass
@@ -317,9 +301,9 @@ class Decoder(nn.Module):
         cos, sin, bias = self.sequence_rope_and_bias(seq)
         bias = hook.attention_bias(index, seq, bias)
         q, k, v = layer.self_attn.project(layer.input_layernorm(seq.x), cos, sin)
-        output, probs = layer.self_attn.attend(q, k, v, bias, return_probs=hook.needs_probs(index))
+        output = layer.self_attn.attend(q, k, v, bias)
         cache, attended = LayerCache(k, v, seq.key_mask, seq.positions), seq.image_ids
-        attention = LayerAttention(q, k, v, bias, output, probs)
+        attention = LayerAttention(q, k, v, bias, output)
         seq, rows = hook.after_attention(self, index, seq, attention)
         if rows is not None:
             # A drop after attention: the cache above kept every token; o_proj and the MLP run on the rest.
@@ -343,7 +327,7 @@ class Decoder(nn.Module):
             q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
             k = torch.cat([cache.key, k], dim=2)
             v = torch.cat([cache.value, v], dim=2)
-            attn, _ = layer.self_attn.attend(q, k, v, bias)
+            attn = layer.self_attn.attend(q, k, v, bias)
             x = layer.finish(x, attn)
             updated.append(LayerCache(k, v, key_mask, key_positions))
         return self.norm(x[:, -1]), updated

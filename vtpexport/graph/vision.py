@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .args import LlavaArgs, VisionArgs
+from .attention import causal_bias, fused_attention, score_probs
 
 
 def activation(name: str):
@@ -43,22 +44,13 @@ class VisionAttention(nn.Module):
         return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: Tensor, return_probs: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Output [B, S, D] of the fused attention and, for a selector's probe, the fp32
+        probabilities [B, H, S, S] computed beside it."""
         b, s, d = x.shape
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        probs = None
-        if return_probs or q.dtype != torch.float32:
-            # Selectors need the probabilities themselves (kept in fp32 for their scores), and
-            # fp16/bf16 graphs need the softmax in fp32, which the fused kernel would not keep.
-            scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
-            if self.causal:
-                future = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
-                scores = scores.masked_fill(future, float("-inf"))
-            probs = torch.softmax(scores.float(), dim=-1)
-            y = probs.to(v.dtype) @ v
-            probs = probs if return_probs else None
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        y = y.transpose(1, 2).reshape(b, s, d)
+        bias = causal_bias(s, x.dtype, x.device) if self.causal else None
+        probs = score_probs(q, k, bias) if return_probs else None
+        y = fused_attention(q, k, v, bias).transpose(1, 2).reshape(b, s, d)
         return self.out_proj(y), probs
 
 

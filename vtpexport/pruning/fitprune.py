@@ -22,27 +22,29 @@ if TYPE_CHECKING:
     from ..graph.decoder import Decoder, LayerAttention, Sequence
 
 
-def fitprune_scores(probs: Tensor, image_start: int, image_len: int, key_mask: Tensor) -> Tensor:
+def scored_rows_probs(decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention) -> Tensor:
+    """fp32 probabilities [B, H, S - image_start, S] of the image and text queries over every key:
+    the only rows FitPrune's scores (and its calibration) read, computed beside the layer's fused
+    attention rather than instead of it, so the prefix rows never enter fp32."""
+    rows = torch.arange(seq.image_start, attention.q.shape[2], device=attention.q.device)
+    q, bias = attention.q.index_select(2, rows), attention.bias.index_select(2, rows)
+    return torch.softmax(decoder.layers[index].self_attn.logits(q, attention.k, bias), dim=-1)
+
+
+def fitprune_scores(rows_probs: Tensor, image_start: int, image_len: int, key_mask: Tensor) -> Tensor:
     """Scores [B, n] of the image tokens.
 
-    probs [B, H, S, S] (fp32) of the layer; the sequence is [prefix | image (n) | text];
-    key_mask [B, S] marks real tokens. Text rows are the tokens after the image.
+    rows_probs [B, H, n + T, S] (fp32): the image (n) and text (T) rows of the layer's
+    probabilities over the sequence [prefix | image (n) | text]; key_mask [B, S] marks real tokens.
     """
-    reduced = probs.amax(dim=1)  # [B, S, S]
-    to_image = image_part(reduced, 2, image_start, image_len)  # [B, S, n]
-    image_valid = image_part(key_mask, 1, image_start, image_len).to(probs.dtype)
-    text_valid = text_part(key_mask, 1, image_start, image_len).to(probs.dtype)
-    text_mass = (text_part(to_image, 1, image_start, image_len) * text_valid[..., None]).sum(dim=1)
-    visual_rows = (image_part(to_image, 1, image_start, image_len) * image_valid[..., None]).sum(dim=1)
+    reduced = rows_probs.amax(dim=1)  # [B, n + T, S]
+    to_image = image_part(reduced, 2, image_start, image_len)  # [B, n + T, n]
+    image_valid = image_part(key_mask, 1, image_start, image_len).to(rows_probs.dtype)
+    text_valid = text_part(key_mask, 1, image_start, image_len).to(rows_probs.dtype)
+    text_mass = (text_part(to_image, 1, 0, image_len) * text_valid[..., None]).sum(dim=1)
+    visual_rows = (image_part(to_image, 1, 0, image_len) * image_valid[..., None]).sum(dim=1)
     visual_mean = visual_rows / image_valid.sum(dim=1, keepdim=True).clamp(min=1)
     return masked_scores(text_mass * visual_mean, image_valid)
-
-
-def materialised_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    """Attention with the fp32 probabilities returned: output [B, H, S, Dh], probs [B, H, S, Sk]."""
-    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5 + bias.float()
-    probs = torch.softmax(scores, dim=-1)
-    return probs.to(v.dtype) @ v, probs
 
 
 def fitprune_kept(spec: ScheduleSpec, layer: int, n: int) -> int:
@@ -55,18 +57,18 @@ def fitprune_kept(spec: ScheduleSpec, layer: int, n: int) -> int:
 
 
 class FitPruneHook(ImageDropHook):
-    def needs_probs(self, index: int) -> bool:
-        return self.scoring and self.spec.drop[index] > 0
-
     def after_attention(
         self, decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention
     ) -> tuple[Sequence, Tensor | None]:
         if self.spec.drop[index] == 0:
             return seq, None
         keep = fitprune_kept(self.spec, index, self.image_len)
-        return self.drop(
-            index, seq, keep, lambda: fitprune_scores(attention.probs, seq.image_start, seq.image_len, seq.key_mask)
-        )
+
+        def scores() -> Tensor:
+            probs = scored_rows_probs(decoder, index, seq, attention)
+            return fitprune_scores(probs, seq.image_start, seq.image_len, seq.key_mask)
+
+        return self.drop(index, seq, keep, scores)
 
 
 def _drops_within_tokens(record: dict) -> str | None:

@@ -3,7 +3,6 @@
 `Decoder.prefill_layer` calls, for layer `index`:
   before_layer   -> the sequence entering the layer (a drop before the layer: PyramidDrop)
   attention_bias -> the additive attention bias (a training mask, say)
-  needs_probs    -> whether the attention's fp32 probabilities are materialised
   after_attention-> (sequence, rows) with rows the kept rows of the attention output, or None
                     (a drop after attention, before o_proj: FitPrune)
   after_layer    -> the sequence leaving the layer (a drop after the layer: FastV)
@@ -37,9 +36,6 @@ class PrefillHook:
 
     def attention_bias(self, index: int, seq: Sequence, bias: Tensor) -> Tensor:
         return bias
-
-    def needs_probs(self, index: int) -> bool:
-        return False
 
     def after_attention(
         self, decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention
