@@ -8,6 +8,8 @@ For each target share s of the image's visual tokens, one recipe per method:
   its paper; here K scales with depth (L / 16, at least 1) as PyramidDrop's stages do;
 - FoPru-rank: the selector keeps floor(N * s) tokens;
 - PruMerge (fixed-budget form): keeps round(N * s) - 1 tokens plus its one merged token.
+- the baselines: random keeps round(N * s) patches of one seeded draw; pool averages the patch
+  grid into the most m x m cells (m dividing the grid side) that fit in N * s.
 All recipes are evaluated in one `vtpexport eval` run against the unpruned model; a cell reads
 "accuracy retained (visual tokens attended per layer, share of the image's)". Without labels
 in --data, agreement with the unpruned model replaces accuracy. A recipe that cannot be made
@@ -35,7 +37,7 @@ from vtpexport.pruning.registry import methods
 from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
 
 SHARES = (0.5, 0.25, 0.11)
-METHODS = ("fitprune", "pyramiddrop", "fastv", "fopru-rank", "prumerge")
+METHODS = ("fitprune", "pyramiddrop", "fastv", "fopru-rank", "prumerge", "random", "pool")
 
 
 def budget_for_share(args, n_image: int, share: float) -> Fraction:
@@ -57,6 +59,12 @@ def make_recipe(method: str, share: float, model: str, calib_data: str | None, s
         return Recipe(name, ref, selector=SelectorSpec("fopru-rank", ratio=share))
     if method == "prumerge":
         return Recipe(name, ref, selector=SelectorSpec("prumerge", tokens=max(round(n_image * share) - 1, 0)))
+    if method == "random":
+        return Recipe(name, ref, selector=SelectorSpec("random", tokens=max(round(n_image * share), 1)))
+    if method == "pool":  # the most m x m cells (m dividing the grid side) within the share
+        grid = args.vision.grid_size
+        cells = max(m * m for m in range(1, grid + 1) if grid % m == 0 and m * m <= max(n_image * share, 1))
+        return Recipe(name, ref, selector=SelectorSpec("pool", tokens=cells))
     budget = budget_for_share(args, n_image, share)
     request = CalibrationRequest(
         model=model,

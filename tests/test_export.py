@@ -15,8 +15,9 @@ from vtpexport.cli import main
 from vtpexport.export.build import build_onnx
 from vtpexport.export.lint import duplicated_weights
 from vtpexport.models.loader import load_model
+from vtpexport.models.text_encoder import check_recipe_applies
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
-from vtpexport.runtime.eager import check_recipe_applies, greedy_generate, image_embeddings, prepare
+from vtpexport.runtime.eager import greedy_generate, image_embeddings, prepare
 from vtpexport.runtime.ort import OrtRunner
 from vtpexport.verify import verify_export
 

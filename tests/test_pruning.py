@@ -130,9 +130,13 @@ def test_merge_equals_a_brute_force_loop():
 
 
 def test_prumerge_plus_samples_edge_cases():
-    assert plus_samples(576, 200).tolist() == list(range(576))  # stride clamped to 1 above 192 outliers
+    # The reference samples arange(0, 575, stride): patch 575 never, also where the stride divides 575.
+    assert plus_samples(576, 200).tolist() == list(range(575))  # stride clamped to 1 above 192 outliers
     assert plus_samples(576, 0).tolist() == [0, 192, 384]  # k = 0 handled like k = 1
     assert plus_samples(576, 32).tolist() == list(range(0, 576, 6))
+    for outliers, stride in ((36, 5), (33, 5), (38, 5), (97, 1), (144, 1)):
+        samples = plus_samples(576, outliers).tolist()
+        assert samples == list(range(0, 575, stride)) and 575 not in samples, outliers
 
 
 # --- inside the tiny models ----------------------------------------------------------------

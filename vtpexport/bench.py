@@ -30,9 +30,8 @@ import torch
 
 from .dataset import load_samples, read_dataset
 from .errors import UserError
-from .eval import Compute, adaptive_counted, add_compute
 from .files import write_atomically
-from .flops import cache_lengths, exact_decode_macs
+from .flops import Compute, adaptive_counted, add_compute, cache_lengths, exact_decode_macs
 from .models.images import load_image
 from .progress import progress_bar
 
@@ -201,7 +200,7 @@ def _count(side: Side, runner, image, batch) -> None:
 
 
 def _runner(folder: str, backend: str):
-    from .runtime.exported import open_runner
+    from .runtime import open_runner
     from .runtime.ort import OrtRunner
 
     if backend == "trt":

@@ -328,8 +328,9 @@ def fitprune_floor(budget: Budget) -> ScheduleSpec:
 def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, device: torch.device, progress=iter):
     """Each sample at the LLM's input: prompt tokens embedded, image through the vision stage
     (and the selector), on `device`. One prompt per batch, so there is no padding."""
+    from .models.text_encoder import check_recipe_applies
     from .runtime.batch import build_batch
-    from .runtime.eager import check_recipe_applies, image_embeddings
+    from .runtime.eager import image_embeddings
 
     graph, args = model.graph, model.args
     recipe = None

@@ -111,7 +111,7 @@ def run(
     if not prompt.strip():
         raise UserError("empty prompt: pass a question with --prompt")
     if export_dir is not None:
-        from .runtime.exported import open_runner
+        from .runtime import open_runner
 
         runner = open_runner(export_dir, backend)
         tokens = runner.generate(runner.prepare([image], [prompt], max_new_tokens), max_new_tokens)[0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,16 +28,14 @@ from torch import Tensor
 
 from .dataset import Record, load_samples, read_dataset
 from .errors import UserError
-from .export.manifest import read_manifest
+from .export.manifest import check_export_model, export_model_spec, read_manifest
 from .files import write_atomically
-from .flops import exact_prefill_macs, paper_flops
-from .graph.args import LlavaArgs
+from .flops import Compute, add_compute
 from .models.loader import LoadedModel, load_model
 from .progress import progress_bar
 from .recipe import Recipe
 from .runtime.batch import PreparedBatch
 from .runtime.eager import generate_with_logits, prepare
-from .verify import check_export_model, export_model_spec
 
 BATCH_SIZE = 8  # samples per prefill; rows of different image token counts still run apart
 NO_TYPE = "(no type)"
@@ -92,33 +90,6 @@ class Scores:
             "accuracy": self.accuracy,
             "agreement": self.agreement,
             "first_token_kl": self.first_token_kl,
-        }
-
-
-@dataclass
-class Compute:
-    """MACs and visual tokens summed over the samples (means and shares as properties)."""
-
-    samples: int = 0
-    paper_macs: int = 0
-    paper_unpruned_macs: int = 0
-    exact_prefill_macs: int = 0
-    exact_prefill_unpruned_macs: int = 0
-    image_tokens: int = 0  # before any pruning
-    entering_llm: int = 0  # after the selector
-    per_layer: float = 0.0  # attended per layer, summed over samples
-
-    def to_dict(self) -> dict:
-        n = max(self.samples, 1)
-        return {
-            "paper_flops_ratio": self.paper_macs / self.paper_unpruned_macs if self.paper_unpruned_macs else 1.0,
-            "paper_macs_mean": self.paper_macs / n,
-            "exact_prefill_ratio": self.exact_prefill_macs / self.exact_prefill_unpruned_macs,
-            "exact_prefill_macs_mean": self.exact_prefill_macs / n,
-            "image_tokens_mean": self.image_tokens / n,
-            "visual_tokens_entering_llm_mean": self.entering_llm / n,
-            "visual_tokens_per_layer_mean": self.per_layer / n,
-            "visual_token_share": self.per_layer / self.image_tokens if self.image_tokens else 1.0,
         }
 
 
@@ -211,31 +182,6 @@ def read_candidate(argument: str) -> Candidate:
     raise UserError(f"{argument} is neither an export folder nor a recipe file")
 
 
-def adaptive_counted(recipe: Recipe | None, entering: int) -> Recipe | None:
-    """An adaptive selector's FLOPs are those of the fixed-count form that kept as many tokens
-    as it did on this image (`entering` includes PruMerge's one merged token)."""
-    if recipe is None or recipe.selector is None or not recipe.selector.adaptive:
-        return recipe
-    return replace(recipe, selector=replace(recipe.selector, tokens=entering - 1))
-
-
-def add_compute(compute: Compute, args: LlavaArgs, recipe: Recipe | None, image, batch, row: int) -> None:
-    """Add row `row` of a prepared batch (its image, prompt lengths and kept count) to `compute`."""
-    size = (image.height, image.width)
-    n_image, tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
-    counted = adaptive_counted(recipe, batch.num_image_tokens[row])
-    text = (len(batch.parts[row].prefix_ids), len(batch.parts[row].suffix_ids))
-    paper = paper_flops(args, counted, n_image)
-    compute.samples += 1
-    compute.paper_macs += paper.total
-    compute.paper_unpruned_macs += paper.unpruned
-    compute.exact_prefill_macs += exact_prefill_macs(args, counted, n_image, *text, tiles).total
-    compute.exact_prefill_unpruned_macs += exact_prefill_macs(args, None, n_image, *text, tiles).total
-    compute.image_tokens += n_image
-    compute.entering_llm += batch.num_image_tokens[row]
-    compute.per_layer += paper.mean_tokens
-
-
 Generator = Callable[[list[Image.Image], list[str]], tuple[PreparedBatch, list[tuple[list[int], Tensor]]]]
 
 
@@ -269,7 +215,7 @@ def evaluate(
 
     Every input is checked before a model is loaded: the candidates, the data and its images.
     """
-    from .runtime.exported import open_runner
+    from .runtime import open_runner
 
     if not arguments:
         raise UserError("name at least one export folder or recipe to evaluate")

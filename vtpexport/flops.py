@@ -21,7 +21,7 @@ Two counts, never to be confused:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import UserError
 from .graph.args import LlavaArgs, TextArgs
@@ -228,3 +228,58 @@ def exact_decode_macs(args: LlavaArgs, past_lengths: Sequence[int]) -> ExactMacs
         linear, attn = _llm_layer_macs(text, 1, 1, keys)
         llm, attention = llm + linear, attention + attn
     return ExactMacs(0, 0, llm, attention, text.hidden_size * text.vocab_size)
+
+
+# --- what a run computed, summed over its prompts (eval, bench) ---------------------------------
+
+
+@dataclass
+class Compute:
+    """MACs and visual tokens summed over the samples (means and shares as properties)."""
+
+    samples: int = 0
+    paper_macs: int = 0
+    paper_unpruned_macs: int = 0
+    exact_prefill_macs: int = 0
+    exact_prefill_unpruned_macs: int = 0
+    image_tokens: int = 0  # before any pruning
+    entering_llm: int = 0  # after the selector
+    per_layer: float = 0.0  # attended per layer, summed over samples
+
+    def to_dict(self) -> dict:
+        n = max(self.samples, 1)
+        return {
+            "paper_flops_ratio": self.paper_macs / self.paper_unpruned_macs if self.paper_unpruned_macs else 1.0,
+            "paper_macs_mean": self.paper_macs / n,
+            "exact_prefill_ratio": self.exact_prefill_macs / self.exact_prefill_unpruned_macs,
+            "exact_prefill_macs_mean": self.exact_prefill_macs / n,
+            "image_tokens_mean": self.image_tokens / n,
+            "visual_tokens_entering_llm_mean": self.entering_llm / n,
+            "visual_tokens_per_layer_mean": self.per_layer / n,
+            "visual_token_share": self.per_layer / self.image_tokens if self.image_tokens else 1.0,
+        }
+
+
+def adaptive_counted(recipe: Recipe | None, entering: int) -> Recipe | None:
+    """An adaptive selector's FLOPs are those of the fixed-count form that kept as many tokens
+    as it did on this image (`entering` includes PruMerge's one merged token)."""
+    if recipe is None or recipe.selector is None or not recipe.selector.adaptive:
+        return recipe
+    return replace(recipe, selector=replace(recipe.selector, tokens=entering - 1))
+
+
+def add_compute(compute: Compute, args: LlavaArgs, recipe: Recipe | None, image, batch, row: int) -> None:
+    """Add row `row` of a prepared batch (its image, prompt lengths and kept count) to `compute`."""
+    size = (image.height, image.width)
+    n_image, tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
+    counted = adaptive_counted(recipe, batch.num_image_tokens[row])
+    text = (len(batch.parts[row].prefix_ids), len(batch.parts[row].suffix_ids))
+    paper = paper_flops(args, counted, n_image)
+    compute.samples += 1
+    compute.paper_macs += paper.total
+    compute.paper_unpruned_macs += paper.unpruned
+    compute.exact_prefill_macs += exact_prefill_macs(args, counted, n_image, *text, tiles).total
+    compute.exact_prefill_unpruned_macs += exact_prefill_macs(args, None, n_image, *text, tiles).total
+    compute.image_tokens += n_image
+    compute.entering_llm += batch.num_image_tokens[row]
+    compute.per_layer += paper.mean_tokens

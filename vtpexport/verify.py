@@ -10,15 +10,14 @@ import torch
 from PIL import Image
 
 from .dataset import load_samples, read_dataset
-from .errors import UserError
-from .export.manifest import folder_differences, read_manifest
+from .export.manifest import check_export_model, export_model_spec, folder_differences, read_manifest
 from .export.precision import precision
-from .models.loader import LoadedModel, load_model
+from .models.loader import load_model
 from .models.text_encoder import attach_text_encoder
 from .progress import track
+from .runtime import open_runner
 from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
 from .runtime.eager import greedy_generate, image_embeddings, prefill, prepare
-from .runtime.exported import open_runner
 
 DEFAULT_QUESTIONS = ["What is in the picture?", "How many shapes are there?", "Describe the colours."]
 
@@ -66,21 +65,6 @@ def synthetic_samples() -> list[tuple[Image.Image, str]]:
         (Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), question)
         for (h, w), question in zip(sizes, DEFAULT_QUESTIONS, strict=True)
     ]
-
-
-def export_model_spec(manifest: dict) -> str:
-    """The model an export was built from: its source folder if still there, else its name."""
-    source = Path(manifest["model"]["source"])
-    return str(source) if source.is_dir() else manifest["model"]["name"]
-
-
-def check_export_model(folder: Path, manifest: dict, model: LoadedModel) -> None:
-    """Refuse to compare an export against a model of another architecture, naming both."""
-    if model.args.config_hash() != manifest["model"]["config_hash"]:
-        raise UserError(
-            f"{folder} was exported from {manifest['model']['name']} (config {manifest['model']['config_hash']}), "
-            f"not from {model.source.name} (config {model.args.config_hash()})"
-        )
 
 
 def verify_export(

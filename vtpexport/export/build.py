@@ -17,9 +17,8 @@ from ..errors import UserError
 from ..files import folder_atomically
 from ..flops import exact_prefill_macs, paper_flops
 from ..models.loader import load_model
-from ..models.text_encoder import TEXT_TOKENIZER, attach_text_encoder
+from ..models.text_encoder import TEXT_TOKENIZER, attach_text_encoder, check_recipe_applies
 from ..recipe import Recipe
-from ..runtime.eager import check_recipe_applies
 from ..safety import inside
 from ..schema import slugify
 from .attention import attention_target

@@ -12,12 +12,16 @@ import json
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..files import sha256, write_atomically
 from ..safety import inside
 from ..schema import parse_json, read_text, validate
 from .manifest_schema import MANIFEST_SCHEMA, MANIFEST_VERSION
+
+if TYPE_CHECKING:
+    from ..models.loader import LoadedModel
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is tens of KB
@@ -139,3 +143,18 @@ def update_manifest(folder: str | Path, **changes) -> dict:
     manifest = read_manifest(folder)
     content = {k: v for k, v in manifest.items() if k not in ("manifest_version", "versions", "files", "seal")}
     return write_manifest(folder, content | changes, manifest["versions"])
+
+
+def export_model_spec(manifest: dict) -> str:
+    """The model an export was built from: its source folder if still there, else its name."""
+    source = Path(manifest["model"]["source"])
+    return str(source) if source.is_dir() else manifest["model"]["name"]
+
+
+def check_export_model(folder: Path, manifest: dict, model: LoadedModel) -> None:
+    """Refuse to compare an export against a model of another architecture, naming both."""
+    if model.args.config_hash() != manifest["model"]["config_hash"]:
+        raise UserError(
+            f"{folder} was exported from {manifest['model']['name']} (config {manifest['model']['config_hash']}), "
+            f"not from {model.source.name} (config {model.args.config_hash()})"
+        )

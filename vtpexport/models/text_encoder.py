@@ -19,9 +19,10 @@ from transformers import AutoConfig, AutoTokenizer, CLIPConfig, CLIPModel, CLIPT
 from ..errors import UserError, one_line
 from ..graph.args import VisionArgs
 from ..graph.text_encoder import ClipTextArgs, ClipTextEncoder
+from ..recipe import Recipe
 from .builtin import BUILTIN_CONFIGS, byte_tokenizer, cached_folder
 from .checkpoint import WEIGHT_READ_ERRORS, _read_tensors, weight_files
-from .loader import WEIGHTS_ENV, ModelSource, hf_cache_snapshot
+from .loader import WEIGHTS_ENV, LoadedModel, ModelSource, hf_cache_snapshot
 
 # The CLIP checkpoint each model's vision tower comes from (LLaVA-1.5 and LLaVA-NeXT alike).
 CLIP_L_336 = "openai/clip-vit-large-patch14-336"
@@ -186,3 +187,13 @@ def write_tiny_clip(vision_width: int, folder: Path, seed: int = 0) -> Path:
     CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
+    """The recipe is for this model; a text-guided selector gets the model's default CLIP text
+    encoder unless one was attached (`--text-encoder`)."""
+    if recipe is None:
+        return
+    recipe.check_model(model.args, model.source.name)
+    if recipe.selector and recipe.selector.text_guided and model.text_encoder is None:
+        attach_text_encoder(model, None)

@@ -37,10 +37,16 @@ def select_outliers(scores: Tensor, keep: int, order: str = "raster") -> Tensor:
     return topk_ascending(scores, keep)
 
 
+def uniform_grid(num_tokens: int, stride: int, device=None) -> Tensor:
+    """Every `stride`-th token from 0, as the reference draws them: `arange(0, N - 1, stride)`,
+    which never samples the last token (patch 575 of 576), whatever the stride."""
+    return torch.arange(0, num_tokens - 1, stride, device=device)
+
+
 def plus_samples(num_tokens: int, outliers: int) -> Tensor:
-    """PruMerge+'s spatially uniform samples for `outliers` outliers (stride clamped to >= 1)."""
-    stride = max(1, (num_tokens // max(outliers, 1)) // 3)
-    return torch.arange(0, num_tokens, stride)
+    """PruMerge+'s spatially uniform samples for `outliers` outliers (stride clamped to >= 1,
+    where the reference's stride of 0 above N/3 outliers would fail)."""
+    return uniform_grid(num_tokens, max(1, (num_tokens // max(outliers, 1)) // 3))
 
 
 def plus_fixed_budget(scores: Tensor, budget: int) -> Tensor:
@@ -54,7 +60,7 @@ def plus_fixed_budget(scores: Tensor, budget: int) -> Tensor:
     if budget == 0:
         return scores.new_zeros(scores.shape[0], 0, dtype=torch.long)
     stride = max((n // max(budget // 4, 1)) // 3, -(-n // budget), 1)
-    samples = torch.arange(0, n, stride, device=scores.device)
+    samples = uniform_grid(n, stride, scores.device)
     on_grid = torch.zeros(n, dtype=torch.bool, device=scores.device).index_fill(0, samples, True)
     fill = torch.topk(scores.masked_fill(on_grid, float("-inf")), budget - samples.numel(), dim=-1).indices
     grid = samples[None].expand(scores.shape[0], -1)

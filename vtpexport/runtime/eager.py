@@ -9,19 +9,9 @@ from torch import Tensor
 from ..graph.decoder import PrefillOutput
 from ..graph.llava import ImageTokens
 from ..models.loader import LoadedModel
-from ..models.text_encoder import attach_text_encoder
+from ..models.text_encoder import check_recipe_applies
 from ..recipe import Recipe, ScheduleSpec
 from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles, per_image_token_count
-
-
-def check_recipe_applies(model: LoadedModel, recipe: Recipe | None) -> None:
-    """The recipe is for this model; a text-guided selector gets the model's default CLIP text
-    encoder unless one was attached (`--text-encoder`)."""
-    if recipe is None:
-        return
-    recipe.check_model(model.args, model.source.name)
-    if recipe.selector and recipe.selector.text_guided and model.text_encoder is None:
-        attach_text_encoder(model, None)
 
 
 @torch.no_grad()

@@ -140,14 +140,3 @@ class ExportRunner:
             return list(zip(greedy_loop(first_logits, step, max_new_tokens, stops), first_logits, strict=True))
 
         return per_image_token_count(batch, generate_group)
-
-
-def open_runner(folder: str | Path, backend: str = "ort") -> ExportRunner:
-    """The runner for `backend`: TensorRT engines (trt) or ONNX Runtime with an execution provider."""
-    if backend == "trt":
-        from .trt import TrtRunner
-
-        return TrtRunner(folder)
-    from .ort import OrtRunner
-
-    return OrtRunner(folder, backend)
