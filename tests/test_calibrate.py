@@ -303,7 +303,7 @@ def test_the_command_says_what_it_produced(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     out = result.output
     assert "wrote recipes/fitprune-tiny-llava-1.5-b045.yaml" in out
-    assert re.search(r"alpha 0\.\d\d: the smallest on the 0\.01 grid", out)
+    assert re.search(r"alpha 0\.\d\d \(bisected on the 0\.01 grid\): its recipe meets the budget", out)
     assert "samples: 3 used, 0 skipped" in out and "wall time" in out
     assert re.search(r"flops budget 0\.45 of the unpruned visual-token LLM FLOPs: spends 0\.4\d{3}", out)
     assert "exact whole model, prefill" in out and "paper MACs" in out

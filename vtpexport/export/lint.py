@@ -35,6 +35,7 @@ from __future__ import annotations
 import ast
 import itertools
 import math
+import re
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -196,6 +197,7 @@ def _attention_layers(graph: onnx.GraphProto) -> list[AttentionLayer]:
 
 # Below this size an initializer is an exporter constant (a scale, a shape), not a weight.
 WEIGHT_MIN_BYTES = 1024
+EXPORTER_CONSTANT = re.compile(r"val_\d+")
 
 
 def duplicated_weights(paths: Iterable[str | Path]) -> list[LintIssue]:
@@ -208,6 +210,8 @@ def duplicated_weights(paths: Iterable[str | Path]) -> list[LintIssue]:
     for path in paths:
         model = _load(path)
         for tensor in model.graph.initializer:
+            if EXPORTER_CONSTANT.fullmatch(tensor.name):
+                continue  # the exporter numbers its own constants per graph: equal names, unrelated values
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
             if math.prod(tensor.dims) * itemsize < WEIGHT_MIN_BYTES:
                 continue
