@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from vtpexport.devices import weight_bytes
+from vtpexport.devices import resolve_dtype, weight_bytes
 from vtpexport.models.families import args_from_config
 from vtpexport.models.loader import architecture
 from vtpexport.models.random_weights import alias_config
@@ -69,7 +69,7 @@ def bench_model(model: str, layers: int | None, samples: int, workdir: Path, ste
     exe = [sys.executable, "-c", "from vtpexport.cli import main; main()"]
     on = ["--model", model, "--weights", str(weights)]
     # calibrate: --dtype auto holds fp32 where it fits, else bf16; the builds hold their precision.
-    calibrate_dtype = "fp32" if dtype_bytes["fp32"] * 1.15 < _available() else "bf16"
+    calibrate_dtype = "fp32" if resolve_dtype("auto", args, torch.device("cpu")) == torch.float32 else "bf16"
     plan = {
         "random-weights": (
             [*exe, "random-weights", "--model", model, "--out", str(weights), "--force"]
@@ -124,12 +124,6 @@ def bench_model(model: str, layers: int | None, samples: int, workdir: Path, ste
         results.append(Step(tag, name, seconds, peak, dtype_bytes[held], ok, "" if ok else last[:90]))
         print(f"{tag}: {name} {'ok' if ok else 'FAILED'} in {seconds:.0f} s, peak {peak / 1e9:.2f} GB", flush=True)
     return results
-
-
-def _available() -> int:
-    from vtpexport.devices import available_bytes
-
-    return available_bytes(torch.device("cpu")) or 0
 
 
 def table(results: list[Step]) -> str:
