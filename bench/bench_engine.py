@@ -3,16 +3,21 @@
 The model (CLIP-L/336 vision tower, LLM width 4096 with 2 decoder layers, fp32) is written by this
 script. Each side is a source tree: `--before REV` is checked out into a temporary git worktree
 (default: the last commit before one llm.onnx replaced prefill.onnx + decode.onnx), the after side
-is this checkout. Both export the model unpruned and with FastV, in subprocesses running their own
-tree, and print side by side:
+is this checkout. Both export the model unpruned and with FastV in fp32, and FastV in fp16 and bf16,
+in subprocesses running their own tree, and print side by side:
 
-- export bytes on disk / weight bytes (fp32 parameters the graphs hold);
-- peak RSS of `vtpexport run DIR` and of `vtpexport verify DIR` / weight bytes (each its own process);
-- attention layers in a fusable form / attention layers (this tree's lint, on both sides' graphs);
-- ONNX Runtime CPU prefill and decode step times, unpruned vs FastV, against the FLOPs-predicted
-  prefill ratio (exact whole-LLM MACs).
+- export bytes on disk of the unpruned fp32 export, beside the weight bytes (fp32 parameters);
+- peak RSS of `vtpexport run DIR` and of `vtpexport verify DIR` (each its own process), beside
+  the weight bytes;
+- attention layers in a fusable form / attention layers of the fp32, fp16 and bf16 FastV exports
+  (this tree's lint, on both sides' graphs);
+- ONNX Runtime CPU prefill (the LLM's context call) and decode step times, unpruned and FastV
+  timed alternately in one process per side so machine noise hits both alike, the prefill
+  speed-up against the FLOPs-predicted one (exact MACs of the LLM, lm_head included), and the
+  load average (the machine may be shared) around each side's timing.
 
-Heavy (four exports of a 4 GB model, verify holds the eager model too): run it alone, niced.
+Heavy (eight exports of a 4 GB model, verify holds the eager model too, a side's timing process
+holds two runners): run it alone, niced.
 Usage: nice -n 10 python bench/bench_engine.py [--workdir DIR] [--before REV] [--repeats N]
 """
 
@@ -40,7 +45,8 @@ def vtpexport(tree: Path, *args: str) -> tuple[str, int]:
     """Run the CLI of `tree` in its own process; (output, its peak RSS in bytes)."""
     env = os.environ | {"PYTHONPATH": str(tree)}
     command = [sys.executable, "-c", "from vtpexport.cli import main; main()", *args]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # In `tree`: `python -c` puts the working directory first on the path, before PYTHONPATH.
+    process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     if status:
@@ -48,15 +54,18 @@ def vtpexport(tree: Path, *args: str) -> tuple[str, int]:
     return output, usage.ru_maxrss * 1024
 
 
-def measure(tree: Path, folder: Path, image: Path, repeats: int) -> dict:
-    """Prefill and decode-step seconds of an export with `tree`'s ONNX Runtime runner."""
+def measure(tree: Path, folders: dict[str, Path], image: Path, repeats: int) -> dict:
+    """Prefill and decode-step seconds of the exports with `tree`'s ONNX Runtime runner, all in one process."""
     env = os.environ | {"PYTHONPATH": str(tree)}
-    command = [sys.executable, __file__, "--time", str(folder), str(image), str(repeats)]
+    command = [sys.executable, __file__, "--time", json.dumps({k: str(v) for k, v in folders.items()}), str(image)]
+    command.append(str(repeats))
     return json.loads(subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout)
 
 
-def time_export(folder: str, image: str, repeats: int) -> None:
-    """(In the side's process.) Median prefill and decode-step times, printed as JSON."""
+def time_exports(folders: str, image: str, repeats: int) -> None:
+    """(In the side's process.) Median prefill and decode-step seconds of each export, its
+    rounds alternating with the others', the prompt's lengths and the load average around it,
+    printed as JSON."""
     import time
 
     import torch
@@ -65,21 +74,29 @@ def time_export(folder: str, image: str, repeats: int) -> None:
     from vtpexport.runtime.ort import OrtRunner
 
     torch.set_num_threads(2)
-    runner = OrtRunner(folder)
-    batch = runner.prepare([Image.open(image).convert("RGB")], [PROMPT], DECODE_STEPS + 1)
-    prefill, decode = [], []
-    for _ in range(repeats + 1):  # the first round warms up
-        start = time.perf_counter()
-        outputs = runner.prefill(batch)
-        prefill.append(time.perf_counter() - start)
-        token = torch.from_numpy(outputs["logits"].argmax(-1))
-        start = time.perf_counter()
-        for _ in range(DECODE_STEPS):
-            outputs = runner.decode(token, outputs)
+    runners = {name: OrtRunner(folder) for name, folder in json.loads(folders).items()}
+    picture = Image.open(image).convert("RGB")
+    batches = {name: r.prepare([picture], [PROMPT], DECODE_STEPS + 1) for name, r in runners.items()}
+    samples = {name: {"prefill_s": [], "decode_s": []} for name in runners}
+    load = [os.getloadavg()[0]]
+    for round_ in range(repeats + 1):  # the first round warms up
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            outputs = runner.prefill(batches[name])
+            prefill = time.perf_counter() - start
             token = torch.from_numpy(outputs["logits"].argmax(-1))
-        decode.append((time.perf_counter() - start) / DECODE_STEPS)
-    median = lambda values: sorted(values[1:])[len(values[1:]) // 2]  # noqa: E731
-    print(json.dumps({"prefill_s": median(prefill), "decode_s": median(decode)}))
+            start = time.perf_counter()
+            for _ in range(DECODE_STEPS):
+                outputs = runner.decode(token, outputs)
+                token = torch.from_numpy(outputs["logits"].argmax(-1))
+            if round_:
+                samples[name]["prefill_s"].append(prefill)
+                samples[name]["decode_s"].append((time.perf_counter() - start) / DECODE_STEPS)
+    load.append(os.getloadavg()[0])
+    batch = next(iter(batches.values()))
+    result = {name: {k: sorted(v)[len(v) // 2] for k, v in s.items()} for name, s in samples.items()}
+    lengths = {"prefix_len": batch.prefix_ids.shape[1], "suffix_len": batch.suffix_ids.shape[1]}
+    print(json.dumps({"times": result, "load": load} | lengths))
 
 
 def attention_counts(folder: Path) -> tuple[int, int]:
@@ -87,6 +104,19 @@ def attention_counts(folder: Path) -> tuple[int, int]:
 
     layers = [layer for path in sorted(folder.glob("*.onnx")) for layer in attention_layers(path)]
     return sum(layer.fusable for layer in layers), len(layers)
+
+
+def gigabytes(value: float, weight_bytes: int) -> str:
+    return f"{value / 1e9:.2f} GB / {weight_bytes / 1e9:.2f} GB = {value / weight_bytes:.3f}x"
+
+
+def llm_prefill_macs(args, recipe, prefix_len: int, suffix_len: int) -> int:
+    """Exact MACs of the LLM's context call (what `runner.prefill` runs): the whole prefill's
+    but the vision tower's and the projector's, which run before it."""
+    from vtpexport.flops import _vision_macs, exact_prefill_macs
+
+    macs = exact_prefill_macs(args, recipe, 576, prefix_len, suffix_len)
+    return macs.total - macs.vision - macs.projector - _vision_macs(args, 1)[1]
 
 
 def main() -> None:
@@ -97,7 +127,6 @@ def main() -> None:
     options = parser.parse_args()
     from PIL import Image
 
-    from vtpexport.flops import exact_prefill_macs
     from vtpexport.models.loader import architecture, meta_graph
     from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec
 
@@ -116,49 +145,61 @@ def main() -> None:
             ["git", "-C", str(REPO), "worktree", "add", "--detach", str(before_tree), options.before], check=True
         )
     sides = {f"before ({options.before})": before_tree, "after (this tree)": REPO}
+    builds = {
+        "unpruned": (),
+        "fastv": ("--recipe", str(recipe)),
+        "fastv-fp16": ("--recipe", str(recipe), "--precision", "fp16"),
+        "fastv-bf16": ("--recipe", str(recipe), "--precision", "bf16"),
+    }
     rows: dict[str, dict[str, str]] = {}
+    lengths = {}
     for side, tree in sides.items():
         exports = {}
-        for name, extra in (("unpruned", ()), ("fastv", ("--recipe", str(recipe)))):
+        for name, extra in builds.items():
             out = work / f"{tree.name}-{name}"
             if not (out / "manifest.json").is_file():
+                print(f"[{side}] exporting {name}", flush=True)
                 vtpexport(tree, "build", "--model", str(model), *extra, "--out", str(out), "--force")
             exports[name] = out
         unpruned = exports["unpruned"]
         disk = sum(p.stat().st_size for p in unpruned.iterdir() if p.suffix in (".onnx", ".data"))
+        print(f"[{side}] run, verify, timing", flush=True)
         _, run_rss = vtpexport(
             tree, "run", str(unpruned), "--image", str(image), "--prompt", PROMPT, "--max-new-tokens", "4"
         )
         _, verify_rss = vtpexport(tree, "verify", str(unpruned), "--max-new-tokens", "4")
-        fusable, layers = attention_counts(exports["fastv"])
-        t = {name: measure(tree, path, image, options.repeats) for name, path in exports.items()}
-        prefill = {name: t[name]["prefill_s"] * 1e3 for name in exports}
-        decode = {name: t[name]["decode_s"] * 1e3 for name in exports}
+        fusable = {name: attention_counts(exports[name]) for name in ("fastv", "fastv-fp16", "fastv-bf16")}
+        timed = measure(tree, {name: exports[name] for name in ("unpruned", "fastv")}, image, options.repeats)
+        lengths = {k: timed[k] for k in ("prefix_len", "suffix_len")}
+        predicted = llm_prefill_macs(args, None, **lengths) / llm_prefill_macs(args, Recipe.load(recipe), **lengths)
+        prefill = {name: t["prefill_s"] * 1e3 for name, t in timed["times"].items()}
+        decode = {name: t["decode_s"] * 1e3 for name, t in timed["times"].items()}
+        speedup = prefill["unpruned"] / prefill["fastv"]
         rows[side] = {
-            "export bytes / weight bytes (target <= 1.02)": f"{disk / weight_bytes:.3f}",
-            "peak RSS of run / weight bytes (target <= 1.3)": f"{run_rss / weight_bytes:.2f}",
-            "peak RSS of verify / weight bytes (target <= 2.2)": f"{verify_rss / weight_bytes:.2f}",
-            "fusable / attention layers (fastv export)": f"{fusable} / {layers}",
-            "prefill ms, unpruned -> fastv": f"{prefill['unpruned']:.0f} -> {prefill['fastv']:.0f}",
-            "decode step ms, unpruned -> fastv": f"{decode['unpruned']:.1f} -> {decode['fastv']:.1f}",
-            "prefill speed-up (fastv)": f"{prefill['unpruned'] / prefill['fastv']:.2f}x",
+            "export bytes / weight bytes (target <= 1.02)": gigabytes(disk, weight_bytes),
+            "peak RSS of run / weight bytes (target <= 1.3)": gigabytes(run_rss, weight_bytes),
+            "peak RSS of verify / weight bytes (target <= 2.2)": gigabytes(verify_rss, weight_bytes),
+            **{f"fusable / attention layers, {name}": "{} / {}".format(*fusable[name]) for name in fusable},
+            "ORT CPU prefill ms, unpruned -> fastv": f"{prefill['unpruned']:.0f} -> {prefill['fastv']:.0f}",
+            "prefill speed-up / FLOPs-predicted (target >= 95%)": f"{speedup:.2f}x / {predicted:.2f}x = "
+            f"{speedup / predicted:.0%}",
+            "ORT CPU decode step ms, unpruned -> fastv": f"{decode['unpruned']:.1f} -> {decode['fastv']:.1f}",
+            "decode fastv / unpruned time (target <= 1)": f"{decode['fastv'] / decode['unpruned']:.2f}",
+            "load average (1 min) before -> after timing": "{:.2f} -> {:.2f}".format(*timed["load"]),
         }
-    prompt_len = 40  # the chat template's prefix + suffix around the image, roughly; the ratio barely moves with it
-    predicted = exact_prefill_macs(args, None, 576, prompt_len // 2, prompt_len // 2).total
-    pruned = Recipe.load(recipe)
-    predicted /= exact_prefill_macs(args, pruned, 576, prompt_len // 2, prompt_len // 2).total
     print(
-        f"\nllava-1.5-7b widths, 2 decoder layers, fp32: {weight_bytes / 1e9:.2f} GB of weights; "
-        f"FastV K=1 R=0.5 FLOPs-predicted prefill speed-up {predicted:.2f}x\n"
+        f"\nllava-1.5-7b widths, 2 decoder layers, fp32: {weight_bytes / 1e9:.2f} GB of weights; FastV K=1 R=0.5; "
+        f"prompt {lengths['prefix_len']} + 576 image + {lengths['suffix_len']} tokens; {os.cpu_count()} CPUs\n"
     )
     width = max(len(k) for k in next(iter(rows.values())))
-    print(f"{'':{width}s}  " + "  ".join(f"{side:>24s}" for side in rows))
+    column = max(len(v) for r in rows.values() for v in r.values())
+    print(f"{'':{width}s}  " + "  ".join(f"{side:>{column}s}" for side in rows))
     for key in next(iter(rows.values())):
-        print(f"{key:{width}s}  " + "  ".join(f"{rows[side][key]:>24s}" for side in rows))
+        print(f"{key:{width}s}  " + "  ".join(f"{rows[side][key]:>{column}s}" for side in rows))
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--time":
-        time_export(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        time_exports(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         main()
