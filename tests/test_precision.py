@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
-from test_export import write_recipe
+from test_export import N_TINY, SCHEDULES, SELECTORS, write_recipe
 
 from vtpexport.export.build import build_onnx
 from vtpexport.export.lint import attention_layers, lint_model
@@ -20,6 +20,7 @@ from vtpexport.export.onnx_export import export_all
 from vtpexport.export.precision import PRECISIONS
 from vtpexport.export.spec import ExportLimits, dim_ranges, graph_specs
 from vtpexport.models.loader import load_model
+from vtpexport.models.text_encoder import check_recipe_applies
 from vtpexport.recipe import Recipe, ScheduleSpec, SelectorSpec
 from vtpexport.verify import verify_export
 
@@ -72,8 +73,8 @@ def test_low_precision_graphs_are_valid_and_keep_sensitive_ops_fp32(exports, pre
         onnx.checker.check_model(model, full_check=True)
         assert lint_model(path, graph_name=path.name, dim_ranges=ranges) == []
         types = _elem_types(model)
+        assert_every_layer_fusable(path, args, recipe)
         layers = {layer.node for layer in attention_layers(model)}
-        assert layers and all(layer.fusable for layer in attention_layers(model)), path.name
         for node in model.graph.node:
             if node.name in layers:
                 assert types[node.input[0]] == low, (path.name, node.name)
@@ -93,6 +94,53 @@ def test_low_precision_graphs_are_valid_and_keep_sensitive_ops_fp32(exports, pre
                 path.name,
                 value.name,
             )
+
+
+def assert_every_layer_fusable(path, args, recipe: Recipe, text_layers: int | None = None) -> None:
+    """The lint finds one attention layer per transformer layer the graph runs, each fusable
+    (the scoring rows beside them read no V, so they are not attention layers to the lint)."""
+    selector = recipe.selector
+    expected = {
+        "llm": args.text.num_layers,
+        # A question-guided selector reads the last layer's output; otherwise LLaVA stops at its feature layer.
+        "vision": args.vision.num_layers
+        if selector and selector.declaration.probe.question
+        else args.feature_layer_index + 1,
+        "text_encoder": text_layers,
+    }[path.stem]
+    layers = attention_layers(path)
+    assert [layer.fusable for layer in layers] == [True] * expected, (path.name, layers)
+
+
+# Every selector and schedule in each low precision, but those the `exports` fixture above already holds.
+METHODS = {name: (spec, None) for name, spec in SELECTORS.items()}
+METHODS |= {name: (None, schedule(N_TINY[MODEL])) for name, schedule in SCHEDULES.items()}
+COVERED = {(precision, spec.method) for precision, pair in RECIPES.items() for spec in pair}
+UNCOVERED = [
+    (precision, name)
+    for precision in sorted(RECIPES)
+    for name, pair in sorted(METHODS.items())
+    if (precision, next(spec for spec in pair if spec).method) not in COVERED
+]
+
+
+@pytest.mark.parametrize(("precision", "method"), UNCOVERED)
+def test_every_method_keeps_every_attention_layer_fusable_in_low_precision(tmp_path, precision, method):
+    """Only the graphs the method shapes (a selector's vision and text encoder, a schedule's LLM),
+    exported as the build does."""
+    selector, schedule = METHODS[method]
+    chosen = PRECISIONS[precision]
+    model = load_model(MODEL, dtype=chosen.torch_dtype)
+    recipe = Recipe.load(write_recipe(tmp_path, MODEL, method, selector, schedule))
+    check_recipe_applies(model, recipe)  # a question-guided selector gets its text encoder
+    text = model.text_encoder.module if model.text_encoder else None
+    specs = graph_specs(model.args, recipe, chosen.dtype_name, text.args if text else None)
+    shaped = ("vision", "text_encoder") if selector else ("llm",)
+    export_all(model.graph, recipe, {k: v for k, v in specs.items() if k in shaped}, tmp_path, 18, text_encoder=text)
+    paths = sorted(tmp_path.glob("*.onnx"))
+    assert {p.stem for p in paths} == set(shaped) & set(specs)
+    for path in paths:
+        assert_every_layer_fusable(path, model.args, recipe, text.args.num_layers if text else None)
 
 
 def test_manifest_records_precision(exports):
