@@ -97,17 +97,13 @@ def test_low_precision_graphs_are_valid_and_keep_sensitive_ops_fp32(exports, pre
 
 
 def assert_every_layer_fusable(path, args, recipe: Recipe, text_layers: int | None = None) -> None:
-    """The lint finds one attention layer per transformer layer the graph runs, each fusable
-    (the scoring rows beside them read no V, so they are not attention layers to the lint)."""
-    selector = recipe.selector
-    expected = {
-        "llm": args.text.num_layers,
-        # A question-guided selector reads the last layer's output; otherwise LLaVA stops at its feature layer.
-        "vision": args.vision.num_layers
-        if selector and selector.declaration.probe.question
-        else args.feature_layer_index + 1,
-        "text_encoder": text_layers,
-    }[path.stem]
+    """The lint finds one attention layer per transformer layer whose output the graph uses, each
+    fusable (the scoring rows beside them read no V, so they are not attention layers to the lint)."""
+    probe = recipe.selector.declaration.probe if recipe.selector else None
+    # LLaVA reads its feature layer; a selector comparing the last layer's patches with the question reads on.
+    reads_last = probe is not None and probe.question and probe.question_layer == "last"
+    vision = args.vision.num_layers if reads_last else args.feature_layer_index + 1
+    expected = {"llm": args.text.num_layers, "vision": vision, "text_encoder": text_layers}[path.stem]
     layers = attention_layers(path)
     assert [layer.fusable for layer in layers] == [True] * expected, (path.name, layers)
 
