@@ -106,3 +106,9 @@ def exports(tmp_path_factory):
         return out
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def isolated_current_recipe(tmp_path, monkeypatch):
+    """Each test has its own current-recipe pointer, never the checkout's."""
+    monkeypatch.setenv("VTPEXPORT_STATE_DIR", str(tmp_path / "vtpexport-state"))
