@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from vtpexport.cli import main
-from vtpexport.models.question_templates import TEMPLATES_FILE
 from vtpexport.models.builtin import SHIPPED_MODELS
+from vtpexport.models.question_templates import TEMPLATES_FILE
 from vtpexport.zoo.toy_data import question_templates, samples
 
 REPO = Path(__file__).resolve().parents[1]

@@ -186,7 +186,6 @@ def calibrate(model_spec, weights, data, out, force, **settings) -> None:
     and make it the current one, which build, inspect, viz and eval use by default."""
     if model_spec is None:
         raise UserError("pass --model (see vtpexport models)")
-    existing(data, "calibration data")
     from rich.console import Console
 
     from .calibrate import CalibrationRequest, calibrate_to_file, calibration_view
@@ -209,8 +208,6 @@ def evaluate(candidates, data, model_spec, weights, out_path, backend, plot_path
     candidates = list(candidates) or [current(None, "eval")]
     if candidates == [None]:
         raise UserError("nothing to evaluate: pass export folders or recipes, or run vtpexport calibrate first")
-    for candidate in candidates:
-        existing(candidate, "export folder or recipe")
     existing(data, "data")
     from rich.console import Console
 
