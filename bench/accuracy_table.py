@@ -7,7 +7,9 @@ For each target share s of the image's visual tokens, one recipe per method:
   layer are measured and printed beside the accuracy. FastV prunes after layer K = 2 of 32 in
   its paper; here K scales with depth (L / 16, at least 1) as PyramidDrop's stages do;
 - FoPru-rank: the selector keeps floor(N * s) tokens;
-- PruMerge (fixed-budget form): keeps round(N * s) - 1 tokens plus its one merged token.
+- PruMerge (fixed-budget form): keeps round(N * s) - 1 tokens plus its one merged token;
+- DivPrune and CDPruner (CDPruner reads the question through CLIP's text tower): keep
+  round(N * s) tokens;
 - the baselines: random keeps round(N * s) patches of one seeded draw; pool averages the patch
   grid into the most m x m cells (m dividing the grid side) that fit in N * s.
 All recipes are evaluated in one `vtpexport eval` run against the unpruned model; a cell reads
@@ -37,7 +39,7 @@ from vtpexport.pruning.registry import methods
 from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
 
 SHARES = (0.5, 0.25, 0.11)
-METHODS = ("fitprune", "pyramiddrop", "fastv", "fopru-rank", "prumerge", "random", "pool")
+METHODS = ("fitprune", "pyramiddrop", "fastv", "fopru-rank", "prumerge", "divprune", "cdpruner", "random", "pool")
 
 
 def budget_for_share(args, n_image: int, share: float) -> Fraction:
@@ -59,8 +61,8 @@ def make_recipe(method: str, share: float, model: str, calib_data: str | None, s
         return Recipe(name, ref, selector=SelectorSpec("fopru-rank", ratio=share))
     if method == "prumerge":
         return Recipe(name, ref, selector=SelectorSpec("prumerge", tokens=max(round(n_image * share) - 1, 0)))
-    if method == "random":
-        return Recipe(name, ref, selector=SelectorSpec("random", tokens=max(round(n_image * share), 1)))
+    if method in ("divprune", "cdpruner", "random"):
+        return Recipe(name, ref, selector=SelectorSpec(method, tokens=max(round(n_image * share), 1)))
     if method == "pool":  # the most m x m cells (m dividing the grid side) within the share
         grid = args.vision.grid_size
         cells = max(m * m for m in range(1, grid + 1) if grid % m == 0 and m * m <= max(n_image * share, 1))

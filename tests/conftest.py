@@ -82,19 +82,19 @@ def write_labelled_data(folder: Path, count: int, sizes=((48, 48), (60, 90))) ->
 def exports(tmp_path_factory):
     """Export folders of the tiny models, built lazily and once per test run (shared by the
     xdist workers: the first to ask builds, under a lock, the others wait and reuse):
-    get(model, name="unpruned", selector=None, schedule=None). Tests never modify them."""
+    get(model, name="unpruned", selector=None, schedule=None, trt_target=10). Tests never modify them."""
     from vtpexport.export.build import build_onnx
     from vtpexport.models.loader import architecture
     from vtpexport.recipe import ModelRef, Recipe
 
     root = shared_dir(tmp_path_factory, "shared-exports")
 
-    def get(model_name: str, name: str = "unpruned", selector=None, schedule=None) -> Path:
+    def get(model_name: str, name: str = "unpruned", selector=None, schedule=None, trt_target: int = 10) -> Path:
         args = architecture(model_name)
         recipe = None
         if name != "unpruned":
             recipe = Recipe(name, ModelRef(args.family, model_name, args.config_hash()), selector, schedule)
-        key = hashlib.sha256(repr((model_name, name, selector, schedule)).encode()).hexdigest()[:16]
+        key = hashlib.sha256(repr((model_name, name, selector, schedule, trt_target)).encode()).hexdigest()[:16]
         out = root / f"{model_name}-{name}-{key}"
         with FileLock(f"{out}.lock"):
             if not (out / "manifest.json").is_file():
@@ -102,7 +102,7 @@ def exports(tmp_path_factory):
                 if recipe is not None:
                     recipe_path = root / f"{out.name}.yaml"
                     recipe.save(recipe_path)
-                build_onnx(model_name, str(recipe_path) if recipe_path else None, str(out))
+                build_onnx(model_name, str(recipe_path) if recipe_path else None, str(out), trt_target=trt_target)
         return out
 
     return get

@@ -89,6 +89,8 @@ SELECTORS = {
     "recover-fixed": SelectorSpec("recover", tokens=6, text_tokens=4, merge_tokens=3),
     "random-k12": SelectorSpec("random", tokens=12),
     "pool-k9": SelectorSpec("pool", tokens=9),
+    "divprune-k12": SelectorSpec("divprune", tokens=12),
+    "cdpruner-k12": SelectorSpec("cdpruner", tokens=12),
 }
 
 

@@ -30,7 +30,7 @@ def test_recover_fixed_unites_visual_and_text_picks_then_takes_centres_from_the_
     relevance = peaked(N, {10: 0.99, 5: 0.9, 30: 0.8, 0: 0.1})  # 10 is already a visual pick
     pick = recover_fixed(scores, relevance, visual_tokens=3, text_tokens=2, merge_tokens=2)
     assert pick.selected.tolist() == [[3, 5, 10, 20, 30]]
-    assert pick.centres.tolist() == [[25, 33]]
+    assert pick.centres.tolist() == [[25, 33]]  # by descending score, as the reference emits them
     leftover = set(pick.leftover[0].nonzero().flatten().tolist())
     assert leftover == set(range(N)) - {3, 5, 10, 20, 30}
 
@@ -62,11 +62,30 @@ def test_recover_adaptive_counts_are_iqr_outliers_among_what_is_left():
     selected = sorted(visual | text)
     leftover = np.array(sorted(set(range(N)) - set(selected)))
     centre_count = int(_fence_mask(a[leftover]).sum())
-    centres = sorted(leftover[np.argsort(-a[leftover])[:centre_count]])
+    centres = list(leftover[np.argsort(-a[leftover], kind="stable")[:centre_count]])  # highest first
 
     assert visual and text_count == 3, "the crafted inputs must exercise both recoveries"
     assert pick.selected[0].tolist() == selected
     assert pick.centres[0].tolist() == centres
+
+
+def test_recover_centres_come_highest_score_first_at_36_outliers():
+    """On LLaVA-1.5's 576 patches, 36 centres among the leftovers leave topk's order, not raster's."""
+    scores = torch.rand(1, 576, generator=torch.Generator().manual_seed(36))
+    relevance = torch.rand(1, 576, generator=torch.Generator().manual_seed(37))
+    pick = recover_fixed(scores, relevance, visual_tokens=36, text_tokens=36, merge_tokens=36)
+    leftover = np.array(sorted(set(range(576)) - set(pick.selected[0].tolist())))
+    a = scores[0].numpy()
+    expected = leftover[np.argsort(-a[leftover], kind="stable")[:36]]
+    assert pick.centres[0].tolist() == expected.tolist()
+    assert pick.centres[0].tolist() != sorted(expected.tolist())
+
+
+def test_recover_without_centres_appends_no_aggregate():
+    assert SelectorSpec("recover", tokens=36, text_tokens=36, merge_tokens=0).output_tokens(576, 24) == 72
+    assert SelectorSpec("recover", tokens=36, text_tokens=36, merge_tokens=36).output_tokens(576, 24) == 109
+    # Centres clamped to what is left count too: none left, no aggregate.
+    assert SelectorSpec("recover", tokens=500, text_tokens=76, merge_tokens=36).output_tokens(576, 24) == 576
 
 
 def test_merge_with_a_pool_only_absorbs_and_aggregates_pool_members():
@@ -177,8 +196,7 @@ def test_recover_keeping_everything_gives_the_unpruned_tokens(tiny_models):
     selector = SelectorSpec("recover", tokens=N, text_tokens=0, merge_tokens=0)
     kept = image_embeddings(model, image, _recipe(model, selector), "What?")
     unpruned = image_embeddings(model, image)
-    torch.testing.assert_close(kept[:N], unpruned, atol=1e-6, rtol=0)
-    assert kept.shape[0] == N + 1  # plus the aggregate of an empty pool
+    torch.testing.assert_close(kept, unpruned, atol=1e-6, rtol=0)  # no centre, so no aggregate
 
 
 def test_recover_question_changes_the_kept_patches(tiny_models):

@@ -1,24 +1,38 @@
 """The TensorRT path without TensorRT: profiles from the manifest for every schedule, their checks,
-flag and enum selection on fakes of TensorRT 10.0 / 10.16 / 11.1 (tests/fake_tensorrt.py), the
-engine build around the builder (timing cache, errors by node, manifest), and the refusals of
-`build --engine trt` and `--backend trt` on a machine without TensorRT or a GPU."""
+flag and enum selection on stand-ins of TensorRT 10.0 / 10.16 / 11.1 (tests/fake_tensorrt.py),
+the engine build around the builder (timing cache, errors by node, manifest), the TensorRT
+runner on engines of the stand-in (which runs them with ONNX Runtime on the CPU) against the
+ONNX Runtime runner, and the refusals of `build --engine trt` and `--backend trt` on a machine
+without TensorRT or a GPU."""
 
 import json
 import shutil
 import sys
 
+import numpy as np
+import onnx
 import pytest
+import torch
 from click.testing import CliRunner
-from fake_tensorrt import TENSORRT_NAMES, ParserError, fake_tensorrt
+from fake_tensorrt import TENSORRT_NAMES, HostStream, ParserError, engine_source, fake_tensorrt
 
 import vtpexport.export.tensorrt as tensorrt_build
+import vtpexport.runtime.trt as trt_runner
 from vtpexport.cli import main
 from vtpexport.errors import UserError
 from vtpexport.export.manifest import folder_differences, read_manifest
-from vtpexport.export.spec import ExportLimits, dim_ranges, graph_specs, phase_ranges, stage_of_layer
+from vtpexport.export.spec import (
+    ExportLimits,
+    dim_ranges,
+    graph_specs,
+    past_input_name,
+    phase_ranges,
+    stage_of_layer,
+)
 from vtpexport.export.tensorrt import (
     InputProfile,
     build_engine,
+    build_engines,
     check_profiles,
     engine_profiles,
     network_flags,
@@ -127,13 +141,26 @@ def test_network_is_strongly_typed_by_name_on_every_version(version):
     trt = fake_tensorrt(version)
     flags = network_flags(trt)
     if version.startswith("10."):
-        assert flags == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+        assert flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 2  # kSTRONGLY_TYPED = 1
         assert hasattr(trt.BuilderFlag, "FP16")  # weak typing is the default there, hence the flag
     else:  # 11: always strongly typed; the flag is deprecated and EXPLICIT_BATCH / FP16 are gone
         assert flags == 0
         for removed in ("FP16", "BF16", "INT8", "OBEY_PRECISION_CONSTRAINTS"):
             assert not hasattr(trt.BuilderFlag, removed)
         assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+
+
+def identity_graph(path):
+    """A graph of one dynamic input, prefix_ids [batch, prefix_len] -> its copy."""
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["prefix_ids"], ["copy"])],
+        "identity",
+        [value("prefix_ids", onnx.TensorProto.INT64, ["batch", "prefix_len"])],
+        [value("copy", onnx.TensorProto.INT64, ["batch", "prefix_len"])],
+    )
+    onnx.save(onnx.helper.make_model(graph), path)
+    return path
 
 
 @pytest.mark.parametrize("version", sorted(TENSORRT_NAMES))
@@ -144,8 +171,8 @@ def test_build_engine_calls_on_each_version(tmp_path, version, precision):
         "context": {"prefix_ids": InputProfile((1, 1), (1, 32), (4, 256))},
         "generation": {"prefix_ids": InputProfile((1, 0), (1, 0), (4, 0))},
     }
-    engine, cache = build_engine(trt, tmp_path / "llm.onnx", profiles, precision, 1 << 30, b"old;")
-    assert engine == f"engine of llm.onnx (TensorRT {version})".encode()
+    engine, cache = build_engine(trt, identity_graph(tmp_path / "llm.onnx"), profiles, precision, 1 << 30, b"old;")
+    assert engine_source(engine)["onnx"] == str(tmp_path / "llm.onnx") and engine_source(engine)["tensorrt"] == version
     assert cache == b"old;llm.onnx;"
     calls = trt.calls
     assert ("create_network", network_flags(trt)) in calls
@@ -166,8 +193,13 @@ def test_parser_and_builder_errors_name_the_node(tmp_path):
     with pytest.raises(UserError, match=r"cannot parse llm.onnx: node 17 'node_TopK_3' \(TopK\): K exceeds"):
         build_engine(trt, tmp_path / "llm.onnx", {}, "fp16", 1 << 20, b"")
     trt = fake_tensorrt("10.16.0", build_error="[node_softmax_2]: no implementation for this shape")
+    vision = identity_graph(tmp_path / "vision.onnx")
     with pytest.raises(UserError, match=r"could not build vision.onnx: \[node_softmax_2\]: no implementation"):
-        build_engine(trt, tmp_path / "vision.onnx", {}, "fp32", 1 << 20, b"")
+        build_engine(trt, vision, {}, "fp32", 1 << 20, b"")
+    # The builder's own check of the profiles: a dynamic input missing from one is an error.
+    with pytest.raises(UserError, match=r"prefix_ids: dynamic input is missing dimensions in profile 1"):
+        profiles = {"a": {"prefix_ids": InputProfile((1, 1), (1, 1), (1, 1))}, "b": {}}
+        build_engine(fake_tensorrt("11.1.0"), vision, profiles, "fp32", 1 << 20, b"")
 
 
 def invoke(*args):
@@ -240,7 +272,7 @@ def test_build_from_without_gpu_refuses_then_builds_with_fake_tensorrt(refused_e
         "engines": {"vision": "vision.plan", "llm": "llm.plan"},
         "profiles": "profiles.json",
     }
-    assert (folder / "llm.plan").read_bytes() == b"engine of llm.onnx (TensorRT 11.1.0)"
+    assert engine_source((folder / "llm.plan").read_bytes())["onnx"] == str(folder / "llm.onnx")
     assert folder_differences(folder, manifest) == [] and "llm.plan" in manifest["files"]
     assert "building llm.plan" in result.output and "profiles context, generation" in result.output
     # One cache across the two builds, saved, then loaded by the next build.
@@ -335,7 +367,7 @@ def test_triton_repo_uses_engines_when_built(refused_export, tmp_path, monkeypat
     assert list(config.instance_group[0].profile) == ["0", "1"]  # context, generation: one engine
     assert list(parse_config(tmp_path / "repo" / "fastv_vision" / "config.pbtxt").instance_group[0].profile) == []
     plan = tmp_path / "repo" / "fastv_llm" / "1" / "model.plan"
-    assert plan.read_bytes() == b"engine of llm.onnx (TensorRT 10.16.0)"
+    assert plan.read_bytes() == (folder / "llm.plan").read_bytes()
 
 
 def test_triton_python_model_generates_like_the_ort_runner(refused_export, tmp_path, monkeypatch, image_file):
@@ -419,3 +451,80 @@ def test_triton_python_model_generates_like_the_ort_runner(refused_export, tmp_p
         runner.generate(runner.prepare([pil], ["What is it?"], 6), 6)[0], skip_special_tokens=True
     ).strip()
     assert text == expected and set(sessions) == {"fastv_vision", "fastv_llm"}
+
+
+@pytest.fixture(params=["10.0.1", "11.1.0"])
+def engines_on_the_stand_in(request, refused_export, tmp_path, monkeypatch):
+    """The FastV export with engines built by a stand-in TensorRT of each generation, and the
+    TensorRT runner pointed at it: torch CPU tensors for device memory, host streams."""
+    folder = tmp_path / "fastv"
+    shutil.copytree(refused_export[0], folder)
+    trt = fake_tensorrt(request.param)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    for module in (tensorrt_build, trt_runner):
+        monkeypatch.setattr(module, "cuda_device", lambda: ("Fake GPU", "8.9"))
+    build_engines(folder)
+    monkeypatch.setattr(trt_runner, "DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "Stream", HostStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", HostStream)
+    return folder, trt
+
+
+def test_builder_writes_one_llm_engine_with_the_context_and_generation_profiles(engines_on_the_stand_in):
+    folder, trt = engines_on_the_stand_in
+    assert read_manifest(folder)["tensorrt"]["engines"] == {"vision": "vision.plan", "llm": "llm.plan"}
+    declared = json.loads((folder / "profiles.json").read_text())
+    runtime = trt.Runtime(tensorrt_build.collecting_logger(trt))
+    for graph, profiles in declared.items():
+        engine = runtime.deserialize_cuda_engine((folder / f"{graph}.plan").read_bytes())
+        assert engine.num_optimization_profiles == len(profiles) == (2 if graph == "llm" else 1)
+        for index, shapes in enumerate(profiles.values()):
+            for name, p in shapes.items():
+                assert engine.get_tensor_profile_shape(name, index) == [
+                    tuple(p["min"]),
+                    tuple(p["opt"]),
+                    tuple(p["max"]),
+                ]
+
+
+def test_trt_runner_generates_like_the_ort_runner(engines_on_the_stand_in, image_file):
+    """Prefill in the context profile, decode steps in the generation profile of the one
+    context, each step's caches fed back in place (the output memory of the last step is the
+    input memory of the next): the same tokens and logits as ONNX Runtime."""
+    from PIL import Image
+
+    from vtpexport.runtime.ort import OrtRunner
+
+    folder, trt = engines_on_the_stand_in
+    runner, reference = trt_runner.TrtRunner(folder), OrtRunner(folder)
+    images = [Image.open(image_file).convert("RGB")]
+    for prompt in ("What is it?", "Describe the picture."):  # the second prefill switches back to context
+        del trt.calls[:]
+        ((tokens, logits),) = runner.generate_with_logits(runner.prepare(images, [prompt], 5), 5, stop_token_ids=())
+        ((expected, expected_logits),) = reference.generate_with_logits(reference.prepare(images, [prompt], 5), 5, ())
+        assert tokens == expected and len(tokens) == 5
+        torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+        steps = [call for call in trt.calls if call[0] == "execute_async_v3" and call[1] == "llm.onnx"]
+        assert [profile for _, _, profile, _ in steps] == [0, 1, 1, 1, 1]
+        assert [c[1] for c in trt.calls if c[0] == "set_optimization_profile_async"] == [0, 1][
+            prompt == "What is it?" :
+        ]
+        for (_, _, _, before), (_, _, _, after) in zip(steps, steps[1:], strict=False):
+            fed = {name: address for name, address in before.items() if name.startswith("present")}
+            assert fed and all(after[past_input_name(name)] == address for name, address in fed.items())
+
+    result = invoke("run", folder, "--image", image_file, "--prompt", "What is it?", "--backend", "trt")
+    assert result.exit_code == 0, result.output
+    assert result.output == invoke("run", folder, "--image", image_file, "--prompt", "What is it?").output
+
+
+def test_trt_runner_refuses_a_shape_outside_the_profile(engines_on_the_stand_in):
+    folder, _ = engines_on_the_stand_in
+    runner = trt_runner.TrtRunner(folder)
+    too_long = read_manifest(folder)["profiles"]["context"]["prefix_len"]["max"] + 1
+    prompt = {name: np.ones((1, too_long), np.int64) for name in ("prefix_ids", "prefix_mask")}
+    prompt |= {"image_embeds": runner._empty("image_embeds", 1)[:, :0], "suffix_ids": np.ones((1, 1), np.int64)}
+    with pytest.raises(
+        UserError, match=rf"input prefix_ids of shape \(1, {too_long}\) is outside the engine's context"
+    ):
+        runner.run_prompt(prompt | {"suffix_mask": np.ones((1, 1), np.int64)})

@@ -198,7 +198,8 @@ def exact_prefill_macs(
     if recipe is not None and recipe.selector is not None:
         if tiles > 1:
             raise UserError("the exact count of a pre-LLM selector on LLaVA-NeXT tiles is not defined yet")
-        projected = visual_plan(args, recipe, n_image)[0][0]  # selectors run before the projector
+        # Selectors run before the projector, except those that compare projected tokens.
+        projected = n_image if recipe.selector.declaration.probe.projected else visual_plan(args, recipe, n_image)[0][0]
     else:
         projected = tiles * args.tokens_per_tile  # every tile's features, before anyres packing
     projector = projected * (v.hidden_size * text.hidden_size + text.hidden_size**2)

@@ -32,12 +32,18 @@ def check_selector(args: LlavaArgs, selector: SelectorSpec) -> None:
             f"selector {selector.method} is not supported on {args.family}'s {args.layout.rule} images yet; "
             f"use an in-LLM schedule ({', '.join(methods('schedule'))})"
         )
-    if selector.declaration.probe.cls_token and not args.cls_token:
-        without_cls = [name for name, m in methods("selector").items() if not m.probe.cls_token]
+    probe = selector.declaration.probe
+    if probe.cls_token and not args.cls_token:
         raise UserError(
             f"selector {selector.method} scores patches by the CLS token's attention, and {args.family} has no "
-            f"CLS token (LLaVA-HR drops it before its ViT); use {' / '.join(without_cls)} or an in-LLM schedule "
+            f"CLS token (LLaVA-HR drops it before its ViT); use {_fitting(args)} or an in-LLM schedule "
             f"({', '.join(methods('schedule'))})"
+        )
+    if probe.question and args.multipath:
+        raise UserError(
+            f"selector {selector.method} compares patches with the question in CLIP's joint space, and "
+            f"{args.family}'s features are the ViT's fused with ConvNeXt's, outside that space; use "
+            f"{_fitting(args)} or an in-LLM schedule ({', '.join(methods('schedule'))})"
         )
     if selector.output_tokens(args.vision.num_patches, args.vision.grid_size) == 0:
         # The image would vanish, and a zero-length image dimension cannot be exported.
@@ -45,6 +51,15 @@ def check_selector(args: LlavaArgs, selector: SelectorSpec) -> None:
             f"selector {selector.method} ({_settings(selector)}) keeps no image token of {args.family}'s "
             f"{args.vision.num_patches} patches ({args.vision.grid_size} rows); keep more"
         )
+
+
+def _fitting(args: LlavaArgs) -> str:
+    """The selectors whose probes this model's vision features can feed."""
+    return " / ".join(
+        name
+        for name, method in methods("selector").items()
+        if not (method.probe.cls_token and not args.cls_token) and not (method.probe.question and args.multipath)
+    )
 
 
 @dataclass(frozen=True)

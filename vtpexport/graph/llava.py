@@ -67,7 +67,7 @@ class LlavaGraph(nn.Module):
             feature_layer=feature_layer,
             attn_layer=feature_layer if probe.attention else None,
             qk_layer=feature_layer + 1 if probe.cls_qk else None,
-            last_layer=probe.question,
+            last_layer=probe.question and probe.question_layer == "last",
         )
         cls_tokens = int(a.cls_token)
         inputs = SelectorInputs(
@@ -80,9 +80,13 @@ class LlavaGraph(nn.Module):
             text_embeds=text_embeds,
         )
         if probe.question:
-            inputs.patch_embeds = visual_projection(self.vision.post_layernorm(out.last_hidden[:, cls_tokens:]))
+            hidden = out.last_hidden if probe.question_layer == "last" else out.features
+            inputs.patch_embeds = visual_projection(self.vision.post_layernorm(hidden[:, cls_tokens:]))
+        if probe.projected:
+            inputs.projected = self.projector(inputs.patches)
         selection = method.select(selector, inputs)
-        return ImageTokens(self.projector(selection.tokens), selection.patch_index)
+        embeds = selection.tokens if probe.projected else self.projector(selection.tokens)
+        return ImageTokens(embeds, selection.patch_index)
 
     def pack_tiles(self, tile_features: Tensor, layout: Tensor) -> Tensor:
         """LLaVA-NeXT: gather tile features (plus image_newline) into the image's token sequence.

@@ -5,8 +5,9 @@
    (IQR fence; the reference fits sklearn's LocalOutlierFactor, which cannot run inside a graph)
    are added back: I_t. Selected = I_v u I_t, in raster order.
 3. Secondary recovery: the patches left over are merged PruMerge-style into cluster centres (the
-   highest-scoring leftovers, their count again an IQR outlier count), neighbours ranked by key
-   cosine plus a text term, and one aggregate token of what no centre took.
+   highest-scoring leftovers, their count again an IQR outlier count, in descending score order
+   as the reference emits them), neighbours ranked by key cosine plus a text term, and one
+   aggregate token of what no centre took; with no centre, no aggregate (as the reference).
 
 The fixed-budget form (`tokens`, `text_tokens`, `merge_tokens`) replaces each outlier count by a
 recipe constant, so every shape follows from the recipe (what TensorRT needs).
@@ -41,7 +42,7 @@ TEXT_AFFINITY_SCALE = 50.0
 @dataclass
 class RecoverSelection:
     selected: Tensor  # [B, k] raster indices of the patches kept as they are (I_v u I_t)
-    centres: Tensor  # [B, c] raster indices of the leftover patches that absorb neighbours
+    centres: Tensor  # [B, c] raster indices of the leftover patches that absorb neighbours, by descending score
     leftover: Tensor  # [B, N] bool: patches neither selected (the merge pool)
 
 
@@ -66,6 +67,11 @@ def _top(values: Tensor, allowed: Tensor, count: int) -> Tensor:
     return topk_ascending(values.masked_fill(~allowed, float("-inf")), count)
 
 
+def _centres(scores: Tensor, leftover: Tensor, count: int) -> Tensor:
+    """The `count` highest-scoring leftovers, highest first (the reference's topk order)."""
+    return torch.topk(scores.masked_fill(~leftover, float("-inf")), count, dim=-1).indices
+
+
 def _union(a: Tensor, b: Tensor) -> Tensor:
     return torch.sort(torch.cat([a, b], dim=-1), dim=-1).values
 
@@ -82,8 +88,15 @@ def recover_adaptive(scores: Tensor, relevance: Tensor) -> RecoverSelection:
     text_index = _top(relevance, rest, _outlier_count(relevance, rest))
     selected = _union(visual_index, text_index)
     leftover = ~_mask(selected, n)
-    centres = _top(scores, leftover, _outlier_count(scores, leftover))
+    centres = _centres(scores, leftover, _outlier_count(scores, leftover))
     return RecoverSelection(selected, centres, leftover)
+
+
+def fixed_counts(n: int, visual_tokens: int, text_tokens: int, merge_tokens: int) -> tuple[int, int, int]:
+    """The fixed budget's three counts on `n` patches, each clamped to what is left."""
+    visual_tokens = min(visual_tokens, n)
+    text_tokens = min(text_tokens, n - visual_tokens)
+    return visual_tokens, text_tokens, min(merge_tokens, n - visual_tokens - text_tokens)
 
 
 def recover_fixed(
@@ -92,14 +105,12 @@ def recover_fixed(
     """Fixed budget: the top `visual_tokens` by score, then the `text_tokens` most question-relevant
     others, then `merge_tokens` centres; counts are clamped to what is left at each step."""
     n = scores.shape[-1]
-    visual_tokens = min(visual_tokens, n)
-    text_tokens = min(text_tokens, n - visual_tokens)
-    merge_tokens = min(merge_tokens, n - visual_tokens - text_tokens)
+    visual_tokens, text_tokens, merge_tokens = fixed_counts(n, visual_tokens, text_tokens, merge_tokens)
     visual_index = topk_ascending(scores, visual_tokens)
     text_index = _top(relevance, ~_mask(visual_index, n), text_tokens)
     selected = _union(visual_index, text_index)
     leftover = ~_mask(selected, n)
-    centres = _top(scores, leftover, merge_tokens)
+    centres = _centres(scores, leftover, merge_tokens)
     return RecoverSelection(selected, centres, leftover)
 
 
@@ -118,10 +129,11 @@ class Recover(Selector):
     def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int | None:
         if spec.tokens is None:
             return None
-        return min(spec.tokens + spec.text_tokens + spec.merge_tokens, num_patches) + 1  # + the aggregate token
+        visual, text, centres = fixed_counts(num_patches, spec.tokens, spec.text_tokens, spec.merge_tokens)
+        return visual + text + centres + min(centres, 1)  # the aggregate comes with the centres
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
-        """[selected patches | merged centres | aggregate]."""
+        """[selected patches | merged centres | aggregate], the aggregate only with a centre."""
         patches, keys = inputs.patches, inputs.key[:, 1:]
         scores = prumerge_scores(inputs.query, inputs.key)
         relevance = patch_text_relevance(inputs.text_embeds, inputs.patch_embeds)
@@ -131,6 +143,9 @@ class Recover(Selector):
             pick = recover_fixed(scores, relevance, spec.tokens, spec.text_tokens, spec.merge_tokens)
         bonus = text_affinity(relevance, inputs.text_embeds.shape[-1])
         merged = merge(patches, keys, scores, pick.centres, pool=pick.leftover, affinity_bonus=bonus)
-        tokens = torch.cat([gather_tokens(patches, pick.selected), merged], dim=1)
-        index = torch.cat([pick.selected, pick.centres, torch.full_like(pick.selected[:, :1], -1)], dim=1)
-        return Selection(tokens, index)
+        centres = pick.centres.shape[1]
+        # sym_min: the adaptive centre count is a symbol under export, where min() would branch on it.
+        aggregates = torch.sym_min(centres, 1)
+        tokens = torch.cat([gather_tokens(patches, pick.selected), merged[:, : centres + aggregates]], dim=1)
+        aggregate_index = pick.centres.new_full((pick.centres.shape[0], aggregates), -1)
+        return Selection(tokens, torch.cat([pick.selected, pick.centres, aggregate_index], dim=1))

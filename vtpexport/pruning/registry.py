@@ -148,8 +148,14 @@ class VisionProbe:
 
     attention: bool = False  # the feature layer's attention probabilities, all heads
     cls_qk: bool = False  # q/k projections (raw Linear outputs) of the layer after the feature layer
-    question: bool = False  # CLIP-space patch embeddings of the last layer + the question's text embeddings
+    question: bool = False  # CLIP-space patch embeddings + the question's text embeddings
+    # Whose patches `question` projects into CLIP's joint space: the tower's "last" layer
+    # (Recoverable Compression) or the "feature" layer LLaVA reads (CDPruner's reference).
+    question_layer: str = "last"
     cls_token: bool = False  # the scores are the CLS token's attention: the features must carry one
+    # Every patch through the projector (selectors that compare tokens in the LLM's input space);
+    # such a selector returns projected tokens, so the projector runs once, on all N.
+    projected: bool = False
 
 
 @dataclass
@@ -164,13 +170,14 @@ class SelectorInputs:
     key: Tensor | None = None  # [B, c + N, C]
     patch_embeds: Tensor | None = None  # [B, N, P]
     text_embeds: Tensor | None = None  # [B, P]
+    projected: Tensor | None = None  # [B, N, D_text]
 
 
 @dataclass
 class Selection:
     """A selector's output before the projector."""
 
-    tokens: Tensor  # [B, k, C]
+    tokens: Tensor  # [B, k, C] ([B, k, D_text] for a `projected` probe)
     patch_index: Tensor  # [B, k] raster index of each token's patch (-1: a merged token)
 
 

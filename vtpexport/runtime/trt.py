@@ -18,6 +18,8 @@ from ..export.manifest import export_file
 from ..export.tensorrt import collecting_logger, cuda_device, finish_command, import_tensorrt
 from .exported import ExportRunner, is_cache, to_numpy, to_torch
 
+DEVICE = "cuda"  # where engine tensors live (tests run the runner on a CPU stand-in of TensorRT)
+
 # TensorRT DataType member -> torch dtype, by name (the enum's integers are not part of the API).
 _DTYPES = {
     "FLOAT": torch.float32,
@@ -68,7 +70,7 @@ class TrtRunner(ExportRunner):
             getattr(trt.DataType, name): dtype for name, dtype in _DTYPES.items() if hasattr(trt.DataType, name)
         }
         self.stream = torch.cuda.Stream()
-        self.placeholder = torch.empty(1, dtype=torch.uint8, device="cuda")
+        self.placeholder = torch.empty(1, dtype=torch.uint8, device=DEVICE)
 
     def run_graph(self, graph: str, feeds: dict, profile: str | None = None) -> dict:
         """Run one engine, in the optimization profile named `profile` (the LLM's phase). Feeds are
@@ -84,7 +86,7 @@ class TrtRunner(ExportRunner):
         bound = {}
         for name in inputs:
             feed, dtype = feeds[name], self.dtypes[engine.get_tensor_dtype(name)]
-            tensor = feed if isinstance(feed, torch.Tensor) else to_torch(feed).to("cuda", dtype).contiguous()
+            tensor = feed if isinstance(feed, torch.Tensor) else to_torch(feed).to(DEVICE, dtype).contiguous()
             if not context.set_input_shape(name, tuple(tensor.shape)):
                 raise UserError(
                     f"{graph}.plan: input {name} of shape {tuple(tensor.shape)} is outside the engine's "
@@ -98,9 +100,12 @@ class TrtRunner(ExportRunner):
             if name in bound:
                 continue
             shape = tuple(context.get_tensor_shape(name))
-            outputs[name] = torch.empty(shape, dtype=self.dtypes[engine.get_tensor_dtype(name)], device="cuda")
+            if any(d < 0 for d in shape):  # known only at execution: our graphs' shapes follow from input shapes
+                raise UserError(f"{graph}.plan: output {name} has a data-dependent shape {shape}")
+            outputs[name] = torch.empty(shape, dtype=self.dtypes[engine.get_tensor_dtype(name)], device=DEVICE)
             context.set_tensor_address(name, outputs[name].data_ptr() or self.placeholder.data_ptr())
         self.stream.wait_stream(torch.cuda.current_stream())  # the inputs were copied on the current stream
+        self.logger.errors.clear()  # what a failure reports is this call's
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to run {graph}.plan: {'; '.join(self.logger.errors) or 'no message'}")
         self.stream.synchronize()

@@ -1,0 +1,112 @@
+"""CDPruner against an oracle written from the paper's definition of greedy DPP MAP inference
+(each step adds the patch that maximises the kernel's determinant over the picks, computed
+directly, no Cholesky updates), on the reference's conditional kernel; and its export."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vtpexport.errors import UserError
+from vtpexport.models.loader import architecture
+from vtpexport.models.text_encoder import attach_text_encoder
+from vtpexport.pruning.cdpruner import conditional_kernel, dpp_greedy_picks, question_relevance
+from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
+from vtpexport.verify import verify_export
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def determinant_oracle(projected: np.ndarray, patch_embeds: np.ndarray, text: np.ndarray, k: int) -> list[int]:
+    """Relevance r = min-max normalised negated cosine(patch CLIP embedding, question), with the
+    reference's +1e-6; L = r_i cos(y_i, y_j) r_j; greedily add the patch maximising det(L_S)."""
+    negated = -(unit(patch_embeds) @ unit(text))
+    relevance = (negated - negated.min() + 1e-6) / (negated.max() - negated.min())
+    similarity = unit(projected) @ unit(projected).T
+    kernel = relevance[:, None] * similarity * relevance[None, :]
+    chosen: list[int] = []
+    while len(chosen) < k:
+        best, pick = -np.inf, None
+        for j in range(len(kernel)):
+            if j not in chosen:
+                subset = chosen + [j]
+                value = np.linalg.det(kernel[np.ix_(subset, subset)])
+                if value > best:
+                    best, pick = value, j
+        chosen.append(pick)
+    return chosen
+
+
+def test_cdpruner_picks_equal_the_determinant_oracle_over_200_random_trials():
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, d, p = int(rng.integers(2, 20)), int(rng.integers(2, 12)), int(rng.integers(2, 8))
+        k = int(rng.integers(1, min(n, d) + 1))  # within the kernel's rank: every gain stays > 0
+        projected, patch_embeds, text = rng.standard_normal((n, d)), rng.standard_normal((n, p)), rng.standard_normal(p)
+        relevance = question_relevance(torch.from_numpy(text)[None], torch.from_numpy(patch_embeds)[None])
+        kernel = conditional_kernel(torch.from_numpy(projected)[None], relevance)
+        ours = dpp_greedy_picks(kernel, k)[0].tolist()
+        assert ours == determinant_oracle(projected, patch_embeds, text, k), (trial, n, d, k)
+
+
+def test_relevance_is_normalised_per_image():
+    text = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+    patches = torch.randn(2, 9, 5, generator=torch.Generator().manual_seed(1))
+    together = question_relevance(text, patches)
+    for b in range(2):
+        torch.testing.assert_close(together[b], question_relevance(text[b : b + 1], patches[b : b + 1])[0])
+    assert together.amax(dim=-1).tolist() == pytest.approx([1.0, 1.0])
+
+
+def _select(model, pixels, questions, spec):
+    with torch.no_grad():
+        text = model.text_encoder.embed(questions)
+        return model.graph.select_image_tokens(pixels, spec, text, model.text_encoder.module.visual_projection)
+
+
+def test_cdpruner_in_the_graph_reads_the_feature_layer_and_the_question(tiny_models):
+    model = tiny_models["tiny-llava-1.5"]
+    attach_text_encoder(model, None)
+    pixels = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    spec = SelectorSpec("cdpruner", tokens=10)
+    questions = ["What colour is the square?", "How many dogs are on the grass by the lake?"]
+    kept = _select(model, pixels, questions, spec)
+    graph, encoder = model.graph, model.text_encoder
+    with torch.no_grad():
+        projected = graph.tile_features(pixels)
+        # The reference projects the feature layer's patches (LLaVA's), not the last layer's.
+        features = graph.vision(pixels, feature_layer=model.args.feature_layer_index).features[:, 1:]
+        patch_embeds = encoder.module.visual_projection(graph.vision.post_layernorm(features))
+        relevance = question_relevance(encoder.embed(questions), patch_embeds)
+    expected = torch.sort(dpp_greedy_picks(conditional_kernel(projected, relevance), 10), dim=-1).values
+    assert kept.patch_index.tolist() == expected.tolist()
+    for b in range(2):
+        torch.testing.assert_close(kept.embeds[b], projected[b, expected[b]], atol=1e-6, rtol=0)
+    swapped = _select(model, pixels, questions[::-1], spec)
+    assert swapped.patch_index.tolist() != kept.patch_index.tolist()
+
+
+@pytest.mark.parametrize(
+    ("model_name", "message"),
+    [
+        ("tiny-llava-next", "selector cdpruner is not supported on llava-next's anyres images yet"),
+        ("tiny-llava-hr", "cdpruner compares patches with the question in CLIP's joint space.*use divprune / fopru"),
+    ],
+)
+def test_cdpruner_is_refused_where_its_inputs_do_not_exist(model_name, message):
+    args = architecture(model_name)
+    recipe = Recipe("r", ModelRef(args.family, model_name, args.config_hash()), SelectorSpec("cdpruner", tokens=8))
+    with pytest.raises(UserError, match=message):
+        recipe.check_model(args, model_name)
+
+
+def test_cdpruner_export_at_trt_target_11_matches_eager(exports):
+    """--trt-target 10 is test_export's SELECTORS; the build lints for TensorRT."""
+    folder = exports("tiny-llava-1.5", "cdpruner-k12", selector=SelectorSpec("cdpruner", tokens=12), trt_target=11)
+    report = verify_export(folder, max_new_tokens=12)
+    assert report.passed, report
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["trt_target"]["major"] == 11 and "text_encoder" in manifest["graphs"]
