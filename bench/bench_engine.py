@@ -146,7 +146,7 @@ def main() -> None:
         )
     sides = {f"before ({options.before})": before_tree, "after (this tree)": REPO}
     builds = {
-        "unpruned": (),
+        "unpruned": ("--no-prune",),
         "fastv": ("--recipe", str(recipe)),
         "fastv-fp16": ("--recipe", str(recipe), "--precision", "fp16"),
         "fastv-bf16": ("--recipe", str(recipe), "--precision", "bf16"),
