@@ -46,6 +46,14 @@ SELECTOR_EXAMPLES = {
         "Recoverable Compression (Chen et al. 2024), fixed counts chosen here: 64 visual + 32 text-relevant "
         "patches, 32 merged centres and 1 aggregate token (129 of 576); needs CLIP's text tower",
     ),
+    "divprune": (
+        SelectorSpec("divprune", tokens=64),
+        "DivPrune (Alvar et al., CVPR 2025): 64 of 576 tokens, a setting of its LLaVA-1.5 tables",
+    ),
+    "cdpruner": (
+        SelectorSpec("cdpruner", tokens=64),
+        "CDPruner (Zhang et al., NeurIPS 2025): 64 of 576 tokens, the setting of its headline LLaVA-1.5-7B result",
+    ),
     "random": (SelectorSpec("random", tokens=144), "baseline: 144 of 576 patches, one seeded uniform draw"),
     "pool": (SelectorSpec("pool", tokens=144), "baseline: 2x2 average pooling of the 24x24 patch grid, 144 tokens"),
 }
