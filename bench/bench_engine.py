@@ -119,7 +119,7 @@ def main() -> None:
     rows: dict[str, dict[str, str]] = {}
     for side, tree in sides.items():
         exports = {}
-        for name, extra in (("unpruned", ()), ("fastv", ("--recipe", str(recipe)))):
+        for name, extra in (("unpruned", ("--no-prune",)), ("fastv", ("--recipe", str(recipe)))):
             out = work / f"{tree.name}-{name}"
             if not (out / "manifest.json").is_file():
                 vtpexport(tree, "build", "--model", str(model), *extra, "--out", str(out), "--force")

@@ -106,3 +106,10 @@ def exports(tmp_path_factory):
         return out
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def isolated_current_recipe(tmp_path_factory, monkeypatch):
+    """Each test has its own current-recipe pointer, never the checkout's (outside tmp_path,
+    which tests list)."""
+    monkeypatch.setenv("VTPEXPORT_STATE_DIR", str(tmp_path_factory.mktemp("vtpexport-state")))

@@ -1,6 +1,7 @@
 """`vtpexport bench`: runs both sides, writes the JSON and the table (no timing assertions)."""
 
 import json
+import re
 import shutil
 
 from click.testing import CliRunner
@@ -25,6 +26,8 @@ def test_bench_pruned_against_unpruned(tmp_path, exports):
     result = invoke(pruned, "--baseline", unpruned, *args)
     assert result.exit_code == 0, result.output
     assert "time to first token" in result.output and "(baseline)" in result.output
+    assert re.search(r"time to first token .* \d+\.\d\dx (faster|slower)", result.output), result.output
+    assert "a small model: at" in result.output  # why times follow the MACs only loosely here
     report = json.loads(out.read_text())
     assert report["prompts"] == 2 and report["repeats"] == 2
     for side in ("candidate", "baseline"):
@@ -63,3 +66,11 @@ def test_bench_bad_input(tmp_path, image_file, exports):
     ]
     for args, pattern in cases:
         assert_one_line_error(invoke(*args), pattern)
+
+
+def test_ratios_say_which_way_they_go():
+    from vtpexport.bench import with_direction
+
+    assert with_direction(1.25, "faster", "slower") == "1.25x faster"
+    assert with_direction(0.8, "faster", "slower") == "1.25x slower"
+    assert with_direction(1.0, "smaller", "larger") == "1.00x smaller"

@@ -12,14 +12,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vtpexport"
 
 # Lowest first; a module may import its own layer and the ones below. Prefixes name packages.
 LAYERS = [
-    ("base", ["vtpexport", "errors", "files", "schema", "safety", "progress"]),
+    ("base", ["vtpexport", "errors", "files", "schema", "safety", "progress", "workspace"]),
     ("graph and methods", ["graph.", "pruning.", "recipe_schema", "recipe"]),
     ("models", ["models.", "flops", "dataset", "devices"]),
     ("export", ["export."]),
     ("runtime", ["runtime."]),
     ("views and serving", ["viz", "serving."]),
     ("tools", ["calibrate", "eval", "verify", "bench", "shipped_recipes", "zoo."]),
-    ("cli", ["cli"]),
+    ("cli", ["cli_args", "cli"]),
 ]
 TOOLS = ("calibrate", "eval", "verify", "bench", "shipped_recipes")
 

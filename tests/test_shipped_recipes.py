@@ -7,8 +7,9 @@ import pytest
 
 from vtpexport.flops import paper_flops
 from vtpexport.models.loader import architecture
+from vtpexport.pruning.registry import names
 from vtpexport.recipe import Recipe
-from vtpexport.shipped_recipes import published_fitprune, shipped_recipes, write_recipes
+from vtpexport.shipped_recipes import EXAMPLES, published_fitprune, selector_examples, shipped_recipes, write_recipes
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SHIPPED = {recipe.name: recipe for recipe in shipped_recipes()}
@@ -36,9 +37,19 @@ def test_shipped_recipe_loads_and_fits_its_model(name):
     assert recipe.provenance["source"]
 
 
+def test_every_selector_has_an_example_recipe_that_fits_its_model():
+    examples = {recipe.selector.method: recipe for recipe in selector_examples()}
+    assert set(examples) == set(names("selector"))
+    for method, recipe in examples.items():
+        assert Recipe.load(RECIPES / EXAMPLES / f"{recipe.name}.yaml") == recipe
+        recipe.check_model(architecture(recipe.model.name), recipe.model.name)
+        assert recipe.visual_tokens(architecture(recipe.model.name), 576) is not None, f"{method} is adaptive"
+        assert recipe.provenance["source"]
+
+
 def test_regenerating_gives_identical_bytes(tmp_path):
     for path in write_recipes(tmp_path):
-        committed = RECIPES / path.name
+        committed = RECIPES / path.relative_to(tmp_path)
         assert committed.is_file(), f"{committed} missing: run python -m vtpexport.shipped_recipes"
         assert path.read_bytes() == committed.read_bytes(), (
             f"{committed} is stale: run python -m vtpexport.shipped_recipes"

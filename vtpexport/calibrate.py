@@ -381,6 +381,29 @@ class CalibrationRequest:
     dtype: str = "auto"
     name: str | None = None  # None: [<selector>-]<method>-<model>-b<budget digits>, e.g. fitprune-llava-1.5-7b-b045
 
+    @classmethod
+    def from_options(
+        cls,
+        model: str,
+        out: str | None = None,
+        selector: str | None = None,
+        selector_ratio: float | None = None,
+        selector_tokens: int | None = None,
+        stage_layers: str | None = None,
+        **fields,
+    ) -> CalibrationRequest:
+        """A request from the command line's options (the recipe is named after --out's file)."""
+        if selector is None and (selector_ratio is not None or selector_tokens is not None):
+            raise UserError("--selector-ratio and --selector-tokens need --selector")
+        layers = None
+        if stage_layers is not None:
+            try:
+                layers = tuple(int(x) for x in stage_layers.split(","))
+            except ValueError:
+                raise UserError(f"--stage-layers wants layer numbers like 8,16,24, got {stage_layers!r}") from None
+        spec = SelectorSpec(selector, ratio=selector_ratio, tokens=selector_tokens) if selector else None
+        return cls(model, selector=spec, stage_layers=layers, name=Path(out).stem if out else None, **fields)
+
     @property
     def recipe_name(self) -> str:
         if self.name:
@@ -552,6 +575,16 @@ def write_recipe(recipe: Recipe, path: str | Path, force: bool = False) -> Path:
         raise UserError(f"cannot write the recipe to {path}: {error.strerror or error}") from None
     text = recipe.to_yaml().encode()
     return files.write_atomically(path, lambda stream: stream.write(text), "the recipe", replace=force)
+
+
+def calibrate_to_file(
+    request: CalibrationRequest, out: str | Path | None, force: bool = False, progress: bool = False
+) -> tuple[CalibrationResult, Path]:
+    """Calibrate and write the recipe (default recipes/<name>.yaml); the output is checked first,
+    so a calibration is never lost to an unwritable path."""
+    path = check_writable(out or Path("recipes") / f"{request.recipe_name}.yaml", force)
+    result = calibrate(request, progress)
+    return result, write_recipe(result.recipe, path, force)
 
 
 # --- what the command prints -------------------------------------------------------------------

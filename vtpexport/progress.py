@@ -81,3 +81,14 @@ def track(
         for item in items:
             yield item
             bar.update()
+
+
+def step_log(stream: TextIO | None = None):
+    """A `report(message)` for work in a few long steps (an export, an engine build): each step
+    on its own line with the seconds since the first, flushed, terminal or not."""
+    start = time.monotonic()
+
+    def report(message: str) -> None:
+        print(f"[{time.monotonic() - start:6.1f}s] {message}", file=stream or sys.stderr, flush=True)
+
+    return report

@@ -1,5 +1,6 @@
-"""The recipes we ship in recipes/: the published FitPrune recipes and the default
-PyramidDrop and FastV schedules, built here so that the YAML files can be regenerated.
+"""The recipes we ship in recipes/: the published FitPrune recipes, the default PyramidDrop and
+FastV schedules, and one example recipe per selector (recipes/examples/), built here so that
+the YAML files can be regenerated.
 
     python -m vtpexport.shipped_recipes [FOLDER]     # (re)writes FOLDER (default: ./recipes)
 
@@ -17,7 +18,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from .recipe import ModelRef, Recipe, ScheduleSpec, new_provenance
+from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, new_provenance
 
 PUBLISHED_FITPRUNE = "fitprune_published_recipes.json"
 # Fixed, so that regenerating the files changes nothing; the day these recipes were first written.
@@ -26,6 +27,28 @@ FITPRUNE_MODELS = ("llava-1.5-7b", "llava-hr-7b")
 SCHEDULE_MODELS = ("llava-1.5-7b", "llava-next-7b")
 PYRAMIDDROP_DEFAULT = ScheduleSpec(method="pyramiddrop", layers=(8, 16, 24), ratio=0.5)
 FASTV_DEFAULT = ScheduleSpec(method="fastv", layer=2, ratio=0.5)
+EXAMPLES = "examples"
+# One example per selector on llava-1.5-7b (576 patches), each at a fixed count TensorRT can
+# build (adaptive counts run on ONNX Runtime only), with where the count comes from.
+SELECTOR_EXAMPLES = {
+    "fopru-rank": (SelectorSpec("fopru-rank", ratio=0.25), "FoPru (Jiang et al. 2024): keep a quarter, 144 of 576"),
+    "fopru-row": (SelectorSpec("fopru-row", ratio=0.25), "FoPru's row variant: a quarter of the patch-grid rows"),
+    "prumerge": (
+        SelectorSpec("prumerge", tokens=32),
+        "LLaVA-PruMerge (Shang et al. 2024): its adaptive outliers average about 32 of 576 tokens (5.5%)",
+    ),
+    "prumerge+": (
+        SelectorSpec("prumerge+", tokens=144),
+        "LLaVA-PruMerge+ (Shang et al. 2024): about 25% of the tokens, 144 of 576",
+    ),
+    "recover": (
+        SelectorSpec("recover", tokens=64, text_tokens=32, merge_tokens=32),
+        "Recoverable Compression (Chen et al. 2024), fixed counts chosen here: 64 visual + 32 text-relevant "
+        "patches, 32 merged centres and 1 aggregate token (129 of 576); needs CLIP's text tower",
+    ),
+    "random": (SelectorSpec("random", tokens=144), "baseline: 144 of 576 patches, one seeded uniform draw"),
+    "pool": (SelectorSpec("pool", tokens=144), "baseline: 2x2 average pooling of the 24x24 patch grid, 144 tokens"),
+}
 
 
 def published_fitprune() -> dict:
@@ -77,7 +100,23 @@ def default_schedule_recipes(model: str) -> list[Recipe]:
     ]
 
 
+def selector_examples(model: str = "llava-1.5-7b") -> list[Recipe]:
+    """One recipe per selector in SELECTOR_EXAMPLES, the selector alone (compose a schedule by
+    calibrating with `--selector`)."""
+    ref = model_ref(model)
+    return [
+        Recipe(
+            f"{name}-{model}",
+            ref,
+            selector=spec,
+            provenance=new_provenance("vtpexport.shipped_recipes", created=CREATED, source=source),
+        )
+        for name, (spec, source) in SELECTOR_EXAMPLES.items()
+    ]
+
+
 def shipped_recipes() -> list[Recipe]:
+    """What recipes/ holds (the selector examples in its examples/ folder)."""
     recipes = [recipe for model in FITPRUNE_MODELS for recipe in fitprune_recipes(model)]
     return recipes + [recipe for model in SCHEDULE_MODELS for recipe in default_schedule_recipes(model)]
 
@@ -87,10 +126,12 @@ def write_recipes(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for recipe in shipped_recipes():
-        path = folder / f"{recipe.name}.yaml"
-        recipe.save(path)
-        paths.append(path)
+    (folder / EXAMPLES).mkdir(exist_ok=True)
+    placed = [(recipe, folder) for recipe in shipped_recipes()]
+    placed += [(recipe, folder / EXAMPLES) for recipe in selector_examples()]
+    for recipe, where in placed:
+        recipe.save(where / f"{recipe.name}.yaml")
+        paths.append(where / f"{recipe.name}.yaml")
     return paths
 
 

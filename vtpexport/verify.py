@@ -57,6 +57,22 @@ class VerifyReport:
         )
 
 
+def verify_view(report: VerifyReport):
+    """Per graph: max abs error, top-1 agreement and the count compared; then the verdict."""
+    from rich.console import Group
+    from rich.table import Table
+
+    table = Table("graph", "max abs error", "top-1 agreement", "compared", title=f"{report.samples} samples")
+    for check in report.graphs.values():
+        agreement = "-" if check.top1_agreement is None else f"{check.top1_agreement:.1%}"
+        table.add_row(check.graph, f"{check.max_abs_error:.2e}", agreement, str(check.compared))
+    return Group(
+        table,
+        f"greedy generations identical: {'yes' if report.generations_identical else 'NO'}",
+        f"verify {'passed' if report.passed else 'FAILED'} (tolerance {report.tolerance:g})",
+    )
+
+
 def synthetic_samples() -> list[tuple[Image.Image, str]]:
     """Deterministic images of different sizes (so LLaVA-NeXT sees different tile grids)."""
     rng = np.random.default_rng(0)

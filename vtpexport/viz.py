@@ -86,6 +86,57 @@ def flops_view(
     return Group(Text(title, style="bold"), layers, totals, note)
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """HEIGHTxWIDTH in pixels, e.g. 672x672."""
+    try:
+        size = tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise UserError(f"--image-size wants HEIGHTxWIDTH in pixels (e.g. 672x672), got {text!r}")
+    return size
+
+
+@dataclass
+class RecipeFlops:
+    """`vtpexport inspect`: what a recipe costs on a model at one image size."""
+
+    view: Group | str
+    paper: FlopsReport | None  # None for an adaptive selector: its counts depend on the image
+
+
+def recipe_flops(recipe, model_name: str | None, size: tuple[int, int] | None, prefix_len: int, suffix_len: int):
+    """Tokens and FLOPs per layer of `recipe` on `model_name` (default: the recipe's model) for
+    an image of `size` (default: the model's reference size), in both counting conventions."""
+    from .flops import cache_lengths, exact_decode_macs, exact_prefill_macs, paper_flops
+    from .models.loader import architecture
+
+    model_name = model_name or recipe.model.name
+    args = architecture(model_name)
+    recipe.check_model(args, model_name)
+    size = size or args.layout.reference_size()
+    n_image, tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
+    heading = f"{recipe.name} on {model_name} ({args.family}), {size[0]}x{size[1]} image: {n_image} visual tokens"
+    if recipe.visual_tokens(args, n_image) is None:
+        return RecipeFlops(
+            f"{heading}\nvisual tokens entering the LLM: data-dependent (adaptive {recipe.selector.method}); "
+            "FLOPs unknown. Give the selector a fixed budget (tokens: K) to count them.",
+            None,
+        )
+    paper = paper_flops(args, recipe, n_image)
+    text = (prefix_len, suffix_len)
+    view = flops_view(
+        heading,
+        paper,
+        exact_prefill_macs(args, recipe, n_image, *text, tiles),
+        exact_prefill_macs(args, None, n_image, *text, tiles),
+        exact_decode_macs(args, cache_lengths(args, recipe, n_image, *text)),
+        exact_decode_macs(args, cache_lengths(args, None, n_image, *text)),
+        f"P={prefix_len} + T={suffix_len} text tokens, {tiles} CLIP tile{'s' if tiles > 1 else ''}",
+    )
+    return RecipeFlops(view, paper)
+
+
 def plot_token_pyramid(paper: FlopsReport, path: str | Path, title: str) -> None:
     """Write a PNG of visual tokens per LLM layer (attention stage and after the drop).
 
@@ -326,3 +377,18 @@ def plot_kept_patches(image, layout: TokenLayout, panels: list[tuple[str, list[i
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     _save_png(figure, path)
+
+
+def plot_recipe_on_image(recipe_path, model_spec, weights, image_path, prompt: str, path) -> None:
+    """`vtpexport viz`: the image, with the patches the recipe keeps for `prompt`, as a PNG."""
+    from .models.images import load_image
+    from .models.loader import load_model
+    from .recipe import Recipe
+
+    recipe = Recipe.load(recipe_path)
+    image = load_image(image_path)
+    model = load_model(model_spec or recipe.model.name, weights)
+    recipe.check_model(model.args, model.source.name)
+    layout = token_layout(model.args, model.image_processor, image.width, image.height)
+    panels = kept_patch_panels(model, recipe, image, prompt)
+    plot_kept_patches(image, layout, panels, path, f"{recipe.name} on {model.source.name}: {prompt}")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import __version__
@@ -17,17 +17,19 @@ from ..errors import UserError
 from ..files import folder_atomically
 from ..flops import exact_prefill_macs, paper_flops
 from ..models.loader import load_model
+from ..models.question_templates import TEMPLATES_FILE
 from ..models.text_encoder import TEXT_TOKENIZER, attach_text_encoder, check_recipe_applies
+from ..progress import step_log
 from ..recipe import Recipe
 from ..safety import inside
 from ..schema import slugify
 from .attention import attention_target
-from .lint import duplicated_weights, format_issues, lint_model
+from .lint import SUPPORTED_OPSETS, format_issues, lint_graphs
 from .manifest import is_export, write_manifest
 from .onnx_export import IR_VERSION, export_all
 from .precision import precision as find_precision
 from .spec import ExportLimits, dim_ranges, graph_specs, image_token_range, phase_ranges, stage_of_layer
-from .tensorrt import PROFILES, engine_profiles, profiles_json
+from .tensorrt import PROFILES, build_engines, engine_profiles, profiles_json
 
 # Files a model folder carries besides weights that the runtime needs.
 MODEL_FILES = (
@@ -42,8 +44,8 @@ MODEL_FILES = (
     "chat_template.jinja",
     "processor_config.json",
     "preprocessor_config.json",
+    TEMPLATES_FILE,
 )
-SUPPORTED_OPSETS = (18, 24)  # the dynamo exporter needs >= 18; TensorRT 10.15+ parses up to 24
 
 
 def default_output(recipe: Recipe | None, model_spec: str) -> Path:
@@ -56,6 +58,75 @@ def default_output(recipe: Recipe | None, model_spec: str) -> Path:
 def export_name(recipe: Recipe | None, model_spec: str) -> str:
     """The recipe's name, or <model>-unpruned: a slug either way (it names folders and Triton models)."""
     return recipe.name if recipe else slugify(f"{Path(model_spec).name}-unpruned")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How `vtpexport build` exports and builds, beside what it exports (model and recipe)."""
+
+    precision: str = "fp32"
+    trt_target: str = "10"
+    opset: int | None = None
+    max_batch: int = 4
+    max_prompt_len: int = 256
+    max_new_tokens: int = 128
+    force: bool = False
+    text_encoder: str | None = None
+    workspace: float | None = None  # GiB, TensorRT's default 4 when None
+    timing_cache: str | None = None
+
+
+def build_export(
+    settings: BuildSettings,
+    recipe_path: str | None,
+    model_spec: str | None = None,
+    weights: str | None = None,
+    no_prune: bool = False,
+    from_dir: str | None = None,
+    engine: str = "onnx",
+    out: str | None = None,
+    triton_repo: str | None = None,
+) -> Iterator[str]:
+    """`vtpexport build`: the ONNX export (unless `from_dir` names an existing one), then
+    TensorRT engines and a Triton repository if asked; yields what to print as each is written,
+    and reports steps on stderr."""
+    report = step_log()
+    if from_dir is not None:
+        if recipe_path or model_spec or weights or no_prune:
+            raise UserError("--from builds on an existing export; --recipe, --model and --no-prune do not apply")
+        if engine != "trt" and not triton_repo:
+            raise UserError("--from needs --engine trt or --triton-repo (the ONNX graphs are already in the folder)")
+        folder = Path(from_dir)
+    else:
+        if no_prune:
+            if recipe_path and model_spec is None:
+                model_spec = Recipe.load(recipe_path).model.name
+            recipe_path = None
+        limits = ExportLimits(settings.max_batch, settings.max_prompt_len, settings.max_new_tokens)
+        folder = build_onnx(
+            model_spec,
+            recipe_path,
+            out,
+            weights,
+            limits,
+            settings.opset,
+            settings.force,
+            report,
+            settings.precision,
+            settings.text_encoder,
+            int(settings.trt_target),
+        )
+        if engine == "trt":  # the ONNX is progress here, so a refusal prints its one error line and nothing else
+            report(f"wrote {folder}")
+        else:
+            yield f"wrote {folder}"
+    if engine == "trt":
+        build_engines(folder, settings.workspace, settings.timing_cache, report)
+        yield f"wrote TensorRT engines to {folder}"
+    if triton_repo:
+        from .triton import write_triton_repo
+
+        yield f"wrote Triton model repository {write_triton_repo(folder, triton_repo, settings.force)}"
 
 
 def build_onnx(
@@ -113,18 +184,8 @@ def build_onnx(
         if onnx_runtime_only:
             report(f"note: {onnx_runtime_only}")
         report("linting graphs for TensorRT")
-        issues = [
-            issue
-            for name in specs
-            for issue in lint_model(
-                staging / f"{name}.onnx",
-                graph_name=f"{name}.onnx",
-                dim_ranges=ranges,
-                opset_range=SUPPORTED_OPSETS,
-                for_tensorrt=not (onnx_runtime_only and name == "vision"),
-            )
-        ]
-        issues += duplicated_weights([staging / f"{name}.onnx" for name in specs])
+        paths = {name: staging / f"{name}.onnx" for name in specs}
+        issues = lint_graphs(paths, ranges, ["vision"] if onnx_runtime_only else []).issues
         if issues:
             raise UserError(f"lint failed ({len(issues)} issue(s)): {format_issues(issues[:1]).strip()}")
         content = _manifest(model, model_spec, recipe, specs, expressions, ranges, limits, opset, chosen.name, target)

@@ -47,6 +47,7 @@ import onnx
 from onnx import inliner, numpy_helper, shape_inference
 
 from ..errors import UserError
+from .manifest import export_file, read_manifest
 
 # ITopKLayer::setK: "Currently only values up to 3840 are supported"; onnx-tensorrt's
 # docs/operators.md repeats the limit for the dynamic K input.
@@ -223,6 +224,70 @@ def duplicated_weights(paths: Iterable[str | Path]) -> list[LintIssue]:
             else:
                 seen[key] = graph
     return sorted(issues)
+
+
+# The dynamo exporter needs opset >= 18; TensorRT 10.15+ parses up to 24.
+SUPPORTED_OPSETS = (18, 24)
+
+
+@dataclass(frozen=True)
+class GraphLint:
+    file: str
+    attention_layers: int
+    fusable: int
+
+
+@dataclass(frozen=True)
+class ExportLint:
+    """An export's graphs linted together: per graph its attention layers, and every issue
+    (each graph's own, and weights stored in more than one graph)."""
+
+    graphs: list[GraphLint]
+    issues: list[LintIssue]
+    onnx_runtime_only: str | None = None  # why the export is not for TensorRT, as its manifest says
+
+    def summary(self) -> str:
+        """What `vtpexport lint` prints."""
+        lines = [f"{g.file}: {g.attention_layers} attention layers, {g.fusable} fusable" for g in self.graphs]
+        if not self.issues:
+            return "\n".join([*lines, f"{len(self.graphs)} graphs pass the TensorRT lint"])
+        lines.append(format_issues(self.issues).rstrip())
+        if self.onnx_runtime_only:
+            lines.append(f"this export is for ONNX Runtime only: {self.onnx_runtime_only}")
+        return "\n".join(lines)
+
+
+def lint_graphs(
+    paths: Mapping[str, Path], dim_ranges: Mapping[str, tuple[int, int, int]], onnx_runtime_only: Iterable[str] = ()
+) -> ExportLint:
+    """Lint an export's graphs (name -> file) for TensorRT, those named in `onnx_runtime_only`
+    without the TensorRT-only rules; what `build` checks before it seals and `lint` re-checks."""
+    exempt = set(onnx_runtime_only)
+    issues, graphs = [], []
+    for name, path in paths.items():
+        issues += lint_model(
+            path,
+            graph_name=path.name,
+            dim_ranges=dim_ranges,
+            opset_range=SUPPORTED_OPSETS,
+            for_tensorrt=name not in exempt,
+        )
+        layers = attention_layers(path)
+        graphs.append(GraphLint(path.name, len(layers), sum(layer.fusable for layer in layers)))
+    return ExportLint(graphs, sorted(issues + duplicated_weights(paths.values())))
+
+
+def lint_export(folder: str | Path) -> ExportLint:
+    """`vtpexport lint`: a built export's graphs, every one for TensorRT, over its manifest's ranges."""
+    manifest = read_manifest(folder)
+    ranges = {name: (r["min"], r["opt"], r["max"]) for name, r in manifest["dims"].items()}
+    graphs = manifest["graphs"].items()
+    paths = {name: export_file(folder, graph["file"], f"graphs.{name}.file") for name, graph in graphs}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise UserError(f"{', '.join(missing)} missing: rebuild the export")
+    result = lint_graphs(paths, ranges)
+    return ExportLint(result.graphs, result.issues, manifest.get("onnx_runtime_only"))
 
 
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:

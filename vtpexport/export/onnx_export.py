@@ -7,7 +7,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -178,7 +177,3 @@ def export_all(
             on_graph(name)
         expressions[name] = export_graph(modules[name](), inputs[name], spec, folder / f"{name}.onnx", opset, target)
     return expressions
-
-
-def numpy_inputs(spec: GraphSpec, tensors: tuple) -> dict[str, np.ndarray]:
-    return {t.name: x.detach().cpu().numpy() for t, x in zip(spec.inputs, tensors, strict=True)}

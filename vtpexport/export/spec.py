@@ -1,7 +1,7 @@
 """What each exported graph takes and returns, declared once per family.
 
-The exporter, the manifest, the runtime and (later) the TensorRT profiles all read these
-declarations; names are never spelled out anywhere else.
+The exporter, the manifest, the runtimes and the TensorRT profiles all read these declarations;
+names are never spelled out anywhere else.
 """
 
 from __future__ import annotations

@@ -19,3 +19,13 @@ def open_runner(folder: str | Path, backend: str = "ort") -> ExportRunner:
     from .ort import OrtRunner
 
     return OrtRunner(folder, backend)
+
+
+def answer(runner, image, prompt: str, max_new_tokens: int) -> tuple[str, str | None]:
+    """One greedy answer from any runner (eager or exported), and a warning when the model
+    declares the questions it knows and this is none of them."""
+    from ..models.question_templates import outside_templates
+
+    tokens = runner.generate(runner.prepare([image], [prompt], max_new_tokens), max_new_tokens)[0]
+    text = runner.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return text, outside_templates(runner.folder, prompt)

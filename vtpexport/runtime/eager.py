@@ -118,3 +118,42 @@ def kept_image_tokens(
         patch_index = selected_image_tokens(model, image, recipe, prompt).patch_index[0]
     out = prefill(model, prepare(model, [image], [prompt], 1, recipe), recipe.schedule)
     return patch_index, {layer: ids[0] for layer, ids in sorted(out.kept_ids.items())}
+
+
+class EagerRunner:
+    """Our eager graph behind the export runners' interface (`prepare`, `generate`,
+    `generate_with_logits`, `tokenizer`, `folder`), so a command runs either the same way."""
+
+    def __init__(self, model: LoadedModel, recipe: Recipe | None = None):
+        self.model, self.recipe = model, recipe
+        self.tokenizer = model.tokenizer
+        self.folder = model.source.folder
+
+    def prepare(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int) -> PreparedBatch:
+        return prepare(self.model, images, prompts, max_new_tokens, self.recipe)
+
+    def generate(self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None):
+        return greedy_generate(self.model, batch, max_new_tokens, stop_token_ids, self.recipe)
+
+    def generate_with_logits(
+        self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None
+    ):
+        return generate_with_logits(self.model, batch, max_new_tokens, stop_token_ids, self.recipe)
+
+
+def open_eager_runner(
+    model_spec: str,
+    weights: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    recipe_path: str | None = None,
+    text_encoder: str | None = None,
+) -> EagerRunner:
+    """The eager runner of a model (alias, built-in or folder), pruned by a recipe if given."""
+    from ..models.loader import load_model
+    from ..models.text_encoder import attach_text_encoder
+
+    recipe = Recipe.load(recipe_path) if recipe_path else None
+    model = load_model(model_spec, weights, dtype)
+    if text_encoder is not None:
+        attach_text_encoder(model, text_encoder)
+    return EagerRunner(model, recipe)

@@ -224,6 +224,48 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
+def question_patterns() -> list[str]:
+    """The task's question templates as regular expressions (the toy's tokenizer lower-cases, so
+    they match case-insensitively). The toy answers these; any other question (another wording,
+    US "color") gets a confident answer to the nearest template, usually "no"."""
+    colour, shape = f"(?:{'|'.join(COLOURS)})", f"(?:{'|'.join(SHAPES)})"
+    name = f"{colour} {shape}"
+    return [
+        rf"what colour is the {shape}\?",
+        rf"what shape is the {colour} object\?",
+        rf"how many {colour} objects are there\?",
+        rf"how many {shape}s are there\?",
+        r"how many objects are there\?",
+        rf"is there a {name}\?",
+        rf"is the {name} on the left, in the middle or on the right\?",
+        rf"is the {name} at the top, in the middle or at the bottom\?",
+        rf"is the {name} left of the {name}\?",
+        rf"is the {name} above the {name}\?",
+        rf"is the {name} big or small\?",
+    ]
+
+
+def question_templates() -> dict:
+    """What the shipped toy's `question_templates.json` holds (see models/question_templates.py)."""
+    return {
+        "about": "the questions this model was trained on; it answers others confidently and wrongly",
+        "examples": [
+            "What colour is the circle?",
+            "What shape is the red object?",
+            "How many blue objects are there?",
+            "How many squares are there?",
+            "How many objects are there?",
+            "Is there a green cross?",
+            "Is the red circle on the left, in the middle or on the right?",
+            "Is the red circle at the top, in the middle or at the bottom?",
+            "Is the red circle left of the blue square?",
+            "Is the red circle above the blue square?",
+            "Is the red circle big or small?",
+        ],
+        "patterns": question_patterns(),
+    }
+
+
 def write_dataset(out: Path, count: int, seed: int, force: bool = False) -> Path:
     """Write `count` held-out samples as PNGs and data.jsonl into `out` (atomically); `force`
     replaces an existing folder."""

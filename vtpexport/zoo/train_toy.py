@@ -58,6 +58,7 @@ from ..models.builtin import SPECIALS, init_weights, processor_for, save_model, 
 from ..models.checkpoint import load_weights
 from ..models.families import FAMILIES, args_from_config
 from ..models.prompt import format_prompt, split_prompt
+from ..models.question_templates import TEMPLATES_FILE
 from ..pruning.prefill import PrefillHook
 from . import toy_data
 from .toy_data import COLOURS, GRID, QUESTION_MAKERS, QUESTION_TYPES, SHAPES, SIZES, Question, ToyObject
@@ -568,6 +569,7 @@ def main(out: Path, resume_from: Path | None, **options) -> None:
             "blind_accuracy": train_blind(settings),
         }
         (staging / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / TEMPLATES_FILE).write_text(json.dumps(toy_data.question_templates(), indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
