@@ -34,7 +34,8 @@ from vtpexport.calibrate import CalibrationRequest, calibrate, reference_image
 from vtpexport.errors import UserError
 from vtpexport.eval import evaluate
 from vtpexport.flops import paper_layer_macs
-from vtpexport.models.loader import architecture
+from vtpexport.models.loader import architecture, resolve_model
+from vtpexport.models.text_encoder import resolve_text_encoder
 from vtpexport.pruning.registry import methods
 from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
 
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> str:
         for share in SHARES:
             try:
                 recipe = make_recipe(method, share, options.model, calib_data, options.calib_samples)
+                if recipe.selector is not None and recipe.selector.text_guided:  # refused now, not mid-eval
+                    resolve_text_encoder(resolve_model(options.model), None)
             except UserError as error:
                 cells[method, share] = str(error).replace("|", "/")
                 continue
