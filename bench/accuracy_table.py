@@ -8,8 +8,8 @@ For each target share s of the image's visual tokens, one recipe per method:
   its paper; here K scales with depth (L / 16, at least 1) as PyramidDrop's stages do;
 - FoPru-rank: the selector keeps floor(N * s) tokens;
 - PruMerge (fixed-budget form): keeps round(N * s) - 1 tokens plus its one merged token;
-- DivPrune and CDPruner (CDPruner reads the question through CLIP's text tower): keep
-  round(N * s) tokens;
+- DivPrune, CDPruner (which reads the question through CLIP's text tower) and DART's pre-LLM
+  variant: keep round(N * s) tokens;
 - the baselines: random keeps round(N * s) patches of one seeded draw; pool averages the patch
   grid into the most m x m cells (m dividing the grid side) that fit in N * s.
 All recipes are evaluated in one `vtpexport eval` run against the unpruned model; a cell reads
@@ -34,12 +34,15 @@ from vtpexport.calibrate import CalibrationRequest, calibrate, reference_image
 from vtpexport.errors import UserError
 from vtpexport.eval import evaluate
 from vtpexport.flops import paper_layer_macs
-from vtpexport.models.loader import architecture
+from vtpexport.models.loader import architecture, resolve_model
+from vtpexport.models.text_encoder import resolve_text_encoder
 from vtpexport.pruning.registry import methods
 from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
 
 SHARES = (0.5, 0.25, 0.11)
-METHODS = ("fitprune", "pyramiddrop", "fastv", "fopru-rank", "prumerge", "divprune", "cdpruner", "random", "pool")
+METHODS = (
+    "fitprune", "pyramiddrop", "fastv", "fopru-rank", "prumerge", "divprune", "cdpruner", "dart", "random", "pool"
+)  # fmt: skip
 
 
 def budget_for_share(args, n_image: int, share: float) -> Fraction:
@@ -61,7 +64,7 @@ def make_recipe(method: str, share: float, model: str, calib_data: str | None, s
         return Recipe(name, ref, selector=SelectorSpec("fopru-rank", ratio=share))
     if method == "prumerge":
         return Recipe(name, ref, selector=SelectorSpec("prumerge", tokens=max(round(n_image * share) - 1, 0)))
-    if method in ("divprune", "cdpruner", "random"):
+    if method in ("divprune", "cdpruner", "dart", "random"):
         return Recipe(name, ref, selector=SelectorSpec(method, tokens=max(round(n_image * share), 1)))
     if method == "pool":  # the most m x m cells (m dividing the grid side) within the share
         grid = args.vision.grid_size
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> str:
         for share in SHARES:
             try:
                 recipe = make_recipe(method, share, options.model, calib_data, options.calib_samples)
+                if recipe.selector is not None and recipe.selector.text_guided:  # refused now, not mid-eval
+                    resolve_text_encoder(resolve_model(options.model), None)
             except UserError as error:
                 cells[method, share] = str(error).replace("|", "/")
                 continue

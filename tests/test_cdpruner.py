@@ -93,7 +93,7 @@ def test_cdpruner_in_the_graph_reads_the_feature_layer_and_the_question(tiny_mod
     ("model_name", "message"),
     [
         ("tiny-llava-next", "selector cdpruner is not supported on llava-next's anyres images yet"),
-        ("tiny-llava-hr", "cdpruner compares patches with the question in CLIP's joint space.*use divprune / fopru"),
+        ("tiny-llava-hr", "cdpruner compares patches with the question in CLIP's joint space.*use dart / divprune /"),
     ],
 )
 def test_cdpruner_is_refused_where_its_inputs_do_not_exist(model_name, message):

@@ -91,6 +91,7 @@ SELECTORS = {
     "pool-k9": SelectorSpec("pool", tokens=9),
     "divprune-k12": SelectorSpec("divprune", tokens=12),
     "cdpruner-k12": SelectorSpec("cdpruner", tokens=12),
+    "dart-k12": SelectorSpec("dart", tokens=12),
 }
 
 

@@ -122,7 +122,7 @@ def test_cls_selectors_are_refused_and_fopru_runs(tiny_hr):
     ref = ModelRef(args.family, "llava-hr", args.config_hash())
     for method in ("prumerge", "prumerge+", "recover"):
         with pytest.raises(
-            UserError, match="CLS token.*use divprune / fopru-rank / fopru-row / pool / random or an in-LLM schedule"
+            UserError, match="CLS token.*use dart / divprune / fopru-rank / fopru-row / pool / random or an in-LLM sch"
         ):
             Recipe("r", ref, SelectorSpec(method, tokens=8 if method == "prumerge" else None)).check_model(
                 args, "llava-hr"

@@ -51,20 +51,32 @@ def test_fitprune_uses_max_over_heads():
 
 
 def test_pyramiddrop_scores_follow_the_last_query():
+    # Keys [prefix(2) | image(6)]. Head 1 favours DOMINANT; head 0 spends almost all of its mass on
+    # prefix key 0 and, within the image, favours token 5. Softmax over every key (the reference)
+    # leaves head 0 a tiny image share, so DOMINANT wins; a softmax over the image keys alone
+    # would renormalise head 0 and put token 5 in the top 3.
     k = torch.zeros(1, 2, 8, 4)
     q_last = torch.zeros(1, 2, 1, 4)
-    q_last[..., 0] = 4.0
+    q_last[:, :, :, 0] = 4.0
+    k[:, 0, 0, 0] = 6.0  # head 0's logit 12 on prefix key 0
+    k[:, 0, 2 + 5, 0] = 1.0  # head 0's logit 2 on image token 5 (0 elsewhere)
     for j in DOMINANT:
-        k[:, :, 2 + j, 0] = 3.0
-    scores = pyramiddrop_scores(q_last, k, torch.zeros(1, 1, 1, 8), 2, 5, torch.ones(1, 8))
+        k[:, 1, 2 + j, 0] = 0.5  # head 1's logit 1 on DOMINANT (0 elsewhere)
+    scores = pyramiddrop_scores(q_last, k, torch.zeros(1, 1, 1, 8), 2, 6, torch.ones(1, 8))
     assert topk_ascending(scores, 3).tolist() == [DOMINANT]
+    logits = (q_last @ k.transpose(-1, -2)) * 0.5  # the same scores with the softmax over image keys only
+    image_only = torch.softmax(logits[..., 2:], dim=-1).mean(dim=1)[:, 0]
+    assert 5 in topk_ascending(image_only, 3).tolist()[0]  # so the assertion above can fail
 
 
 def test_fastv_scores_mean_over_heads_of_the_last_row():
+    # DOMINANT gets 0.3 from both heads (mean 0.3, max 0.3); token 5 gets 0.5 from head 0 only
+    # (mean 0.255, max 0.5): the mean keeps DOMINANT, a max over heads would keep token 5.
     probs = torch.full((1, 2, 9), 0.01)
-    probs[:, 0, [2 + 1, 2 + 3]] = 0.4
-    probs[:, 1, 2 + 4] = 0.5
+    probs[:, :, [2 + j for j in DOMINANT]] = 0.3
+    probs[:, 0, 2 + 5] = 0.5
     assert topk_ascending(fastv_scores(probs, 2, 6, torch.ones(1, 9)), 3).tolist() == [DOMINANT]
+    assert 5 in topk_ascending(probs.amax(dim=1)[:, 2:8], 3).tolist()[0]
 
 
 def test_padding_is_always_dropped_first():

@@ -27,7 +27,7 @@ from vtpexport.runtime.eager import greedy_generate, image_embeddings, prepare
 
 def test_every_method_is_declared_once_with_fields_of_its_spec():
     assert names("selector") == (
-        "cdpruner", "divprune", "fopru-rank", "fopru-row", "pool", "prumerge", "prumerge+", "random", "recover"
+        "cdpruner", "dart", "divprune", "fopru-rank", "fopru-row", "pool", "prumerge", "prumerge+", "random", "recover"
     )  # fmt: skip
     assert names("schedule") == ("fastv", "fitprune", "pyramiddrop")
     for kind, spec_type in (("selector", SelectorSpec), ("schedule", ScheduleSpec)):
@@ -39,7 +39,7 @@ def test_every_method_is_declared_once_with_fields_of_its_spec():
 
 
 def test_unknown_methods_and_foreign_fields_are_refused():
-    with pytest.raises(UserError, match=r"unknown method 'sparsevlm' \(known: cdpruner, divprune, .*recover\)"):
+    with pytest.raises(UserError, match=r"unknown method 'sparsevlm' \(known: cdpruner, dart, divprune, .*recover\)"):
         SelectorSpec("sparsevlm", tokens=3).validate()
     with pytest.raises(UserError, match="unknown method 'sparsevlm' \\(known: fastv, fitprune, pyramiddrop\\)"):
         ScheduleSpec("sparsevlm").validate()

@@ -46,6 +46,19 @@ SELECTOR_EXAMPLES = {
         "Recoverable Compression (Chen et al. 2024), fixed counts chosen here: 64 visual + 32 text-relevant "
         "patches, 32 merged centres and 1 aggregate token (129 of 576); needs CLIP's text tower",
     ),
+    "divprune": (
+        SelectorSpec("divprune", tokens=56),
+        "DivPrune (Alvar et al. 2025): the reference's default retained ratio 0.098 of 576, 56 tokens",
+    ),
+    "cdpruner": (
+        SelectorSpec("cdpruner", tokens=64),
+        "CDPruner (Zhang et al. 2025): 64 of 576 tokens, the smallest LLaVA-1.5 budget of its paper; needs CLIP's "
+        "text tower",
+    ),
+    "dart": (
+        SelectorSpec("dart", tokens=128),
+        "DART (Wen et al. 2025), pre-LLM variant: 128 of 576, the reference's default max_num_trunction",
+    ),
     "random": (SelectorSpec("random", tokens=144), "baseline: 144 of 576 patches, one seeded uniform draw"),
     "pool": (SelectorSpec("pool", tokens=144), "baseline: 2x2 average pooling of the 24x24 patch grid, 144 tokens"),
 }

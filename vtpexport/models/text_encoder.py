@@ -96,8 +96,8 @@ def resolve_text_encoder(source: ModelSource, spec: str | None) -> Path:
     folder = hf_cache_snapshot(name)
     if folder is None:
         raise UserError(
-            f"selector recover needs the CLIP text encoder {name}: looked in {'; '.join(looked_in)}. "
-            "Pass --text-encoder DIR (a CLIPModel folder with its tokenizer)"
+            f"text-guided selectors (recover, cdpruner) need the CLIP text encoder {name}: looked in "
+            f"{'; '.join(looked_in)}. Pass --text-encoder DIR (a CLIPModel folder with its tokenizer)"
         )
     return folder
 
