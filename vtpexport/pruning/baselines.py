@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..schema import Field
 from .ops import gather_tokens
-from .registry import COUNT, Selection, Selector, SelectorInputs, SelectorSpec, register
+from .registry import COUNT, CountSelector, Selection, Selector, SelectorInputs, SelectorSpec, register
 
 RANDOM_SEED = 0
 
@@ -33,13 +33,9 @@ def random_patches(num_patches: int, keep: int, seed: int = RANDOM_SEED) -> Tens
 
 
 @register
-class RandomPatches(Selector):
+class RandomPatches(CountSelector):
     name = "random"
     summary = "keep `tokens` patches drawn uniformly at random (one seeded draw, the same for every image)"
-    fields = {"tokens": Field(COUNT)}
-
-    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
-        return min(spec.tokens, num_patches)
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         patches = inputs.patches

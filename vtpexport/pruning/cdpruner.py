@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..schema import Field
 from .ops import gather_tokens
 from .recover import patch_text_relevance
-from .registry import COUNT, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, register
+from .registry import CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
 
 # The reference's offset in the min-max normalisation: the least relevant patch keeps a
 # small positive weight instead of 0.
@@ -69,14 +68,10 @@ def dpp_greedy_picks(kernel: Tensor, tokens: int) -> Tensor:
 
 
 @register
-class CDPruner(Selector):
+class CDPruner(CountSelector):
     name = "cdpruner"
     summary = "keep `tokens` projected tokens by greedy MAP of a DPP conditioned on the question (CDPruner)"
-    fields = {"tokens": Field(COUNT)}
     probe = VisionProbe(question=True, question_layer="feature", projected=True)
-
-    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
-        return min(spec.tokens, num_patches)
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         projected = inputs.projected

@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..schema import Field
 from .ops import gather_tokens
-from .registry import COUNT, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, register
+from .registry import CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
 
 # The reference's default pivots for LLaVA are 4 image + 4 question tokens; before the LLM
 # all 8 are image tokens.
@@ -53,14 +52,10 @@ def dart_keep(features: Tensor, tokens: int) -> Tensor:
 
 
 @register
-class Dart(Selector):
+class Dart(CountSelector):
     name = "dart"
     summary = "keep 8 pivot tokens of largest L1 norm and the tokens least cosine-similar to them (DART, pre-LLM)"
-    fields = {"tokens": Field(COUNT)}
     probe = VisionProbe(projected=True)
-
-    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
-        return min(spec.tokens, num_patches)
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         projected = inputs.projected

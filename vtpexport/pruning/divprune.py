@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..schema import Field
 from .ops import gather_tokens
-from .registry import COUNT, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, register
+from .registry import CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
 
 
 def cosine_distance(features: Tensor) -> Tensor:
@@ -48,14 +47,10 @@ def divprune_picks(features: Tensor, tokens: int) -> Tensor:
 
 
 @register
-class DivPrune(Selector):
+class DivPrune(CountSelector):
     name = "divprune"
     summary = "keep `tokens` projected tokens by greedy max-min cosine diversity (DivPrune), raster order"
-    fields = {"tokens": Field(COUNT)}
     probe = VisionProbe(projected=True)
-
-    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
-        return min(spec.tokens, num_patches)
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         projected = inputs.projected

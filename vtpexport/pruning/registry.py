@@ -196,6 +196,15 @@ class Selector(Method):
         raise NotImplementedError
 
 
+class CountSelector(Selector):
+    """A selector whose recipe fixes the kept count: `tokens`, or every patch when there are fewer."""
+
+    fields = {"tokens": Field(COUNT)}
+
+    def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
+        return min(spec.tokens, num_patches)
+
+
 class Schedule(Method):
     kind = "schedule"
     position_policy: ClassVar[str]  # "original" (gaps) | "renumbered" (contiguous after each drop)
