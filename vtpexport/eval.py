@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from .dataset import Record, load_samples, read_dataset
@@ -31,11 +30,10 @@ from .errors import UserError
 from .export.manifest import check_export_model, export_model_spec, read_manifest
 from .files import write_atomically
 from .flops import Compute, add_compute
-from .models.loader import LoadedModel, load_model
+from .models.loader import load_model
 from .progress import progress_bar
 from .recipe import Recipe
-from .runtime.batch import PreparedBatch
-from .runtime.eager import generate_with_logits, prepare
+from .runtime.eager import EagerRunner
 
 BATCH_SIZE = 8  # samples per prefill; rows of different image token counts still run apart
 NO_TYPE = "(no type)"
@@ -182,25 +180,6 @@ def read_candidate(argument: str) -> Candidate:
     raise UserError(f"{argument} is neither an export folder nor a recipe file")
 
 
-Generator = Callable[[list[Image.Image], list[str]], tuple[PreparedBatch, list[tuple[list[int], Tensor]]]]
-
-
-def _eager(model: LoadedModel, recipe: Recipe | None, max_new_tokens: int) -> Generator:
-    def generate(images, questions):
-        batch = prepare(model, images, questions, max_new_tokens, recipe)
-        return batch, generate_with_logits(model, batch, max_new_tokens, recipe=recipe)
-
-    return generate
-
-
-def _onnxruntime(runner, max_new_tokens: int) -> Generator:
-    def generate(images, questions):
-        batch = runner.prepare(images, questions, max_new_tokens)
-        return batch, runner.generate_with_logits(batch, max_new_tokens)
-
-    return generate
-
-
 def evaluate(
     arguments: list[str],
     data: str,
@@ -233,19 +212,16 @@ def evaluate(
             check_export_model(Path(candidate.source), candidate.manifest, model)
         else:
             candidate.recipe.check_model(model.args, model.source.name)
-    runners = {c.source: open_runner(c.source, backend) for c in candidates if c.manifest is not None}
-
     entries = [Entry("unpruned", "unpruned", "eager", None)]
-    generators = [_eager(model, None, max_new_tokens)]
+    runners = [EagerRunner(model)]
     for candidate in candidates:
         recipe_name = candidate.recipe.name if candidate.recipe else None
         if candidate.manifest is not None:
             entries.append(Entry(candidate.name, candidate.source, "onnxruntime", recipe_name))
-            generators.append(_onnxruntime(runners[candidate.source], max_new_tokens))
+            runners.append(open_runner(candidate.source, backend))
         else:
             entries.append(Entry(candidate.name, candidate.source, "eager", recipe_name))
-            generators.append(_eager(model, candidate.recipe, max_new_tokens))
-    recipes = [None] + [candidate.recipe for candidate in candidates]
+            runners.append(EagerRunner(model, candidate.recipe))
 
     chunks = list(_chunks(len(samples.images), BATCH_SIZE))
     bar = progress_bar("evaluating", len(chunks) * len(entries), "batch", progress)
@@ -254,14 +230,14 @@ def evaluate(
             images = [samples.images[i] for i in rows]
             questions = [samples.questions[i] for i in rows]
             reference: list[tuple[str, Tensor]] = []
-            for entry, generate, recipe in zip(entries, generators, recipes, strict=True):
-                batch, outputs = generate(images, questions)
-                for row, (tokens, logits) in enumerate(outputs):
+            for entry, runner in zip(entries, runners, strict=True):
+                batch = runner.prepare(images, questions, max_new_tokens)
+                for row, (tokens, logits) in enumerate(runner.generate_with_logits(batch, max_new_tokens)):
                     answer = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
                     if entry is entries[0]:
                         reference.append((answer, logits))
                     _score(entry, samples.records[rows[row]], answer, logits, reference[row])
-                    add_compute(entry.compute, model.args, recipe, images[row], batch, row)
+                    add_compute(entry.compute, model.args, runner.recipe, images[row], batch, row)
                 bar.update()
     labelled = any(record.answer is not None for record in samples.records)
     return EvalReport(model_name, str(data), len(samples.images), labelled, max_new_tokens, entries)

@@ -1,8 +1,8 @@
-"""What every runner shares: image preprocessing, prompt batching, and the greedy loop."""
+"""What every runner shares: image preprocessing, prompt batching, and greedy generation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -144,3 +144,45 @@ def per_image_token_count(batch: PreparedBatch, generate: Callable[[PreparedBatc
         for i, row in zip(members, generate(subset_rows(batch, members)), strict=True):
             rows[i] = row
     return rows
+
+
+class Runner:
+    """What every runner (our eager graph, the exported graphs on any backend) offers: `prepare`
+    a batch, `prefill` it, `decode` one token after the outputs of the last call. Those outputs
+    are a mapping with the next-token `logits` [B, V] and whatever state the runner carries
+    (KV caches); greedy generation over them is written once, here, for every runner."""
+
+    tokenizer = None
+
+    def prepare(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int) -> PreparedBatch:
+        raise NotImplementedError
+
+    def prefill(self, batch: PreparedBatch) -> Mapping:
+        raise NotImplementedError
+
+    def decode(self, token: Tensor, previous: Mapping) -> Mapping:
+        raise NotImplementedError
+
+    def generate(
+        self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None
+    ) -> list[list[int]]:
+        """Greedy decoding with the KV cache; rows run in groups of equal image token count."""
+        return [tokens for tokens, _ in self.generate_with_logits(batch, max_new_tokens, stop_token_ids)]
+
+    def generate_with_logits(
+        self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None
+    ) -> list[tuple[list[int], Tensor]]:
+        """`generate`, and each row's first-position logits [V] (what evaluation compares)."""
+        stops = default_stops(self.tokenizer) if stop_token_ids is None else stop_token_ids
+
+        def generate_group(group: PreparedBatch) -> list[tuple[list[int], Tensor]]:
+            state = {"outputs": self.prefill(group)}
+            first_logits = torch.as_tensor(state["outputs"]["logits"])
+
+            def step(token: Tensor) -> Tensor:
+                state["outputs"] = self.decode(token, state["outputs"])
+                return torch.as_tensor(state["outputs"]["logits"])
+
+            return list(zip(greedy_loop(first_logits, step, max_new_tokens, stops), first_logits, strict=True))
+
+        return per_image_token_count(batch, generate_group)

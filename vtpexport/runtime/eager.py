@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -11,7 +12,7 @@ from ..graph.llava import ImageTokens
 from ..models.loader import LoadedModel
 from ..models.text_encoder import check_recipe_applies
 from ..recipe import Recipe, ScheduleSpec
-from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles, per_image_token_count
+from .batch import PreparedBatch, Runner, build_batch, image_tiles
 
 
 @torch.no_grad()
@@ -65,7 +66,6 @@ def prefill(model: LoadedModel, batch: PreparedBatch, schedule: ScheduleSpec | N
     return model.graph.prefill(*batch.prompt_tensors(), schedule)
 
 
-@torch.no_grad()
 def greedy_generate(
     model: LoadedModel,
     batch: PreparedBatch,
@@ -75,34 +75,7 @@ def greedy_generate(
 ) -> list[list[int]]:
     """Greedy decoding with the KV cache. The recipe's schedule prunes the prefill; its
     selector was applied in `prepare`. Rows run in groups of equal image token count."""
-    return [tokens for tokens, _ in generate_with_logits(model, batch, max_new_tokens, stop_token_ids, recipe)]
-
-
-@torch.no_grad()
-def generate_with_logits(
-    model: LoadedModel,
-    batch: PreparedBatch,
-    max_new_tokens: int,
-    stop_token_ids: tuple[int, ...] | None = None,
-    recipe: Recipe | None = None,
-) -> list[tuple[list[int], Tensor]]:
-    """`greedy_generate`, and each row's first-position logits [V] (what evaluation compares)."""
-    graph = model.graph
-    schedule = recipe.schedule if recipe else None
-    stops = default_stops(model.tokenizer) if stop_token_ids is None else stop_token_ids
-
-    def generate_group(group: PreparedBatch) -> list[tuple[list[int], Tensor]]:
-        out = prefill(model, group, schedule)
-        state = {"caches": out.caches}
-
-        def step(token: Tensor) -> Tensor:
-            result = graph.decode(token[:, None], state["caches"])
-            state["caches"] = result.caches
-            return result.logits
-
-        return list(zip(greedy_loop(out.logits, step, max_new_tokens, stops), out.logits, strict=True))
-
-    return per_image_token_count(batch, generate_group)
+    return EagerRunner(model, recipe).generate(batch, max_new_tokens, stop_token_ids)
 
 
 @torch.no_grad()
@@ -120,25 +93,36 @@ def kept_image_tokens(
     return patch_index, {layer: ids[0] for layer, ids in sorted(out.kept_ids.items())}
 
 
-class EagerRunner:
-    """Our eager graph behind the export runners' interface (`prepare`, `generate`,
-    `generate_with_logits`, `tokenizer`, `folder`), so a command runs either the same way."""
+class EagerRunner(Runner):
+    """Our eager graph behind the export runners' interface (`text_embeddings`,
+    `image_embeddings`, `prepare`, `prefill`, `decode`, and `Runner`'s generation), so a command
+    runs either the same way and `verify` compares one with the other."""
 
     def __init__(self, model: LoadedModel, recipe: Recipe | None = None):
         self.model, self.recipe = model, recipe
         self.tokenizer = model.tokenizer
         self.folder = model.source.folder
 
+    @torch.no_grad()
+    def text_embeddings(self, question: str) -> np.ndarray:
+        """CLIP text embeddings [1, P] of the question (the model's attached text encoder)."""
+        return self.model.text_encoder.embed([question]).numpy()
+
+    def image_embeddings(self, image: Image.Image, question: str | None = None) -> Tensor:
+        return image_embeddings(self.model, image, self.recipe, question)
+
     def prepare(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int) -> PreparedBatch:
         return prepare(self.model, images, prompts, max_new_tokens, self.recipe)
 
-    def generate(self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None):
-        return greedy_generate(self.model, batch, max_new_tokens, stop_token_ids, self.recipe)
+    @torch.no_grad()
+    def prefill(self, batch: PreparedBatch) -> dict:
+        out = prefill(self.model, batch, self.recipe.schedule if self.recipe else None)
+        return {"logits": out.logits, "caches": out.caches}
 
-    def generate_with_logits(
-        self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None
-    ):
-        return generate_with_logits(self.model, batch, max_new_tokens, stop_token_ids, self.recipe)
+    @torch.no_grad()
+    def decode(self, token: Tensor, previous: dict) -> dict:
+        step = self.model.graph.decode(token[:, None], previous["caches"])
+        return {"logits": step.logits, "caches": step.caches}
 
 
 def open_eager_runner(

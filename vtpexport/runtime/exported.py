@@ -1,5 +1,5 @@
 """What every runner of an export folder shares: the manifest, tokenizer and image processor,
-the prompt, the LLM graph's context and generation feeds and the greedy loop. Backends (ONNX
+the prompt, the LLM graph's context and generation feeds. Backends (ONNX
 Runtime in `ort.py`, TensorRT in `trt.py`) only say how one graph runs on a dict of numpy arrays."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..export.spec import LLM, past_input_name
 from ..models.families import args_from_config
 from ..models.loader import config_from_folder, load_processing
 from ..recipe import Recipe
-from .batch import PreparedBatch, build_batch, default_stops, greedy_loop, image_tiles, per_image_token_count
+from .batch import PreparedBatch, Runner, build_batch, image_tiles
 
 
 def is_cache(output_name: str) -> bool:
@@ -41,7 +41,13 @@ def to_torch(array: np.ndarray) -> Tensor:
     return torch.from_numpy(array)
 
 
-class ExportRunner:
+def export_recipe(folder: Path) -> Recipe | None:
+    """The recipe an export folder was built with; None for an unpruned export."""
+    recipe_file = folder / "recipe.yaml"
+    return Recipe.load(recipe_file) if recipe_file.is_file() else None
+
+
+class ExportRunner(Runner):
     """Loads an export folder's description and generates with its graphs; `run_graph` is the backend."""
 
     def __init__(self, folder: str | Path):
@@ -50,8 +56,7 @@ class ExportRunner:
         config = config_from_folder(self.folder)
         self.args = args_from_config(config)
         self.tokenizer, self.image_processor, self.chat_template = load_processing(self.folder, config)
-        recipe_file = self.folder / "recipe.yaml"
-        self.recipe = Recipe.load(recipe_file) if recipe_file.is_file() else None
+        self.recipe = export_recipe(self.folder)
         text_encoder = self.manifest.get("text_encoder")
         self.text_tokenizer = None
         if text_encoder is not None:
@@ -118,25 +123,3 @@ class ExportRunner:
         feeds["suffix_ids"] = token.numpy().reshape(-1, 1).astype(np.int64)
         feeds["suffix_mask"] = np.ones((rows, 1), dtype=np.int64)
         return self.run_graph(LLM, feeds, "generation")
-
-    def generate(self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None):
-        """Greedy decoding with the exported graphs."""
-        return [tokens for tokens, _ in self.generate_with_logits(batch, max_new_tokens, stop_token_ids)]
-
-    def generate_with_logits(
-        self, batch: PreparedBatch, max_new_tokens: int, stop_token_ids: tuple[int, ...] | None = None
-    ) -> list[tuple[list[int], Tensor]]:
-        """`generate`, and each row's first-position logits [V] (what evaluation compares)."""
-        stops = default_stops(self.tokenizer) if stop_token_ids is None else stop_token_ids
-
-        def generate_group(group: PreparedBatch) -> list[tuple[list[int], Tensor]]:
-            state = {"outputs": self.prefill(group)}
-            first_logits = torch.from_numpy(state["outputs"]["logits"])
-
-            def step(token: Tensor) -> Tensor:
-                state["outputs"] = self.decode(token, state["outputs"])
-                return torch.from_numpy(state["outputs"]["logits"])
-
-            return list(zip(greedy_loop(first_logits, step, max_new_tokens, stops), first_logits, strict=True))
-
-        return per_image_token_count(batch, generate_group)
