@@ -4,6 +4,7 @@ each one is built once per module."""
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -19,7 +20,7 @@ from vtpexport.models.text_encoder import check_recipe_applies
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
 from vtpexport.runtime.eager import greedy_generate, image_embeddings, prepare
 from vtpexport.runtime.ort import OrtRunner
-from vtpexport.verify import verify_export
+from vtpexport.verify import GraphCheck, Tolerance, verify_export
 
 QUESTION = "What is in the picture?"
 
@@ -79,6 +80,19 @@ def test_pruned_export_matches_eager_reference(exports, name, method):
         assert check.max_abs_error <= 1e-4, check
         assert check.top1_agreement in (None, 1.0), check
     assert report.passed
+
+
+def test_comparator_passes_an_element_within_atol_plus_rtol_of_the_reference():
+    """Polygraphy's rule, |ours - reference| <= atol + rtol * |reference|, on hand-made values."""
+    reference = np.array([[10.0, -2.0, 0.0]])
+    check = GraphCheck("prefill", Tolerance(atol=0.1, rtol=0.01))
+    check.add(reference + [[0.15, -0.11, 0.09]], reference, logits=True)  # limits 0.2, 0.12, 0.1
+    assert check.passed and check.outside == 0 and check.top1_agreement == 1.0
+    check.add(reference + [[0.0, 0.0, 0.15]], reference, logits=True)  # 0.15 passes beside 10, not beside 0
+    assert not check.passed and check.outside == 1 and check.max_abs_error == pytest.approx(0.15)
+    check = GraphCheck("decode", Tolerance(atol=0.0, rtol=0.0))
+    check.add(np.array([[1.0, 3.0]]), np.array([[2.0, 1.0]]), logits=True)  # argmax 1 vs 0
+    assert check.outside == 2 and check.top1_agreement == 0.0 and check.max_abs_error == 2.0
 
 
 SELECTORS = {
@@ -198,6 +212,17 @@ def test_cli_build_run_verify_lint(tmp_path, image_file):
     assert eager.output == result.output
     result = invoke("verify", out, "--max-new-tokens", 8)
     assert result.exit_code == 0 and "verify passed" in result.output, result.output
+    # Per-output tolerances: none at all fails (ONNX Runtime's fp32 is not bit-equal to torch's);
+    # a generous one for every output passes; the command line names the outputs it knows.
+    exact = invoke("verify", out, "--max-new-tokens", 2, "--atol", 0, "--rtol", 0)
+    assert exact.exit_code == 1 and "verify FAILED" in exact.output, exact.output
+    loose = invoke("verify", out, "--max-new-tokens", 2, "--atol", 0, "--rtol", 0, "--atol", "vision:1", "--atol",
+                   "prefill:1", "--atol", "decode:1")  # fmt: skip
+    assert loose.exit_code == 0 and "verify passed" in loose.output, loose.output
+    assert_one_line_error(
+        invoke("verify", out, "--atol", "logits:1"), "'logits' is not one of text_encoder, vision, prefill, decode"
+    )
+    assert_one_line_error(invoke("verify", out, "--rtol", "prefill:x"), "give a number")
     result = invoke("lint", out)
     assert result.exit_code == 0 and "2 graphs pass" in result.output, result.output
     assert "llm.onnx: 4 attention layers, 4 fusable" in result.output, result.output

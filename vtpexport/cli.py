@@ -122,15 +122,16 @@ def build(recipe_path, model_spec, weights, no_prune, from_dir, engine, out, tri
 @main.command()
 @click.argument("export_dir")
 @options(*VERIFY)
-def verify(export_dir, model_spec, weights, backend, data, max_new_tokens, tolerance) -> None:
-    """Check an export against the eager reference: per-graph error, top-1 agreement, generations."""
+def verify(export_dir, model_spec, weights, backend, data, max_new_tokens, atol, rtol) -> None:
+    """Check an export against the eager reference: per-output atol / rtol, top-1 agreement, generations."""
     existing(export_dir, "export folder", folder=True)
     existing(data, "data")
     from rich.console import Console
 
-    from .verify import verify_export, verify_view
+    from .verify import tolerance_overrides, verify_export, verify_view
 
-    report = verify_export(export_dir, model_spec, weights, data, max_new_tokens, tolerance, backend, progress=True)
+    atol, rtol = tolerance_overrides(atol, "--atol"), tolerance_overrides(rtol, "--rtol")
+    report = verify_export(export_dir, model_spec, weights, data, max_new_tokens, atol, rtol, backend, progress=True)
     if report.changed_files:
         click.echo(f"error: {export_dir} does not match its manifest: {', '.join(report.changed_files)}", err=True)
         raise SystemExit(1)

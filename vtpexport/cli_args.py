@@ -185,7 +185,20 @@ VERIFY = [
     BACKEND,
     click.option("--data", default=None, help='JSONL of {"image": ..., "question": ...} (default: built-in samples).'),
     click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=20, show_default=True),
-    click.option("--tolerance", type=float, default=None, help="Max abs error per graph (default: the precision's)."),
+    click.option(
+        "--atol",
+        multiple=True,
+        metavar="[OUTPUT:]VALUE",
+        help="Absolute tolerance, for every output or one (vision, prefill, decode, text_encoder); repeatable "
+        "(default: the precision's, 1e-4 for fp32).",
+    ),
+    click.option(
+        "--rtol",
+        multiple=True,
+        metavar="[OUTPUT:]VALUE",
+        help="Relative tolerance: an element passes when |export - eager| <= atol + rtol * |eager| "
+        "(default: the precision's, 1e-5 for fp32).",
+    ),
 ]
 
 # `vtpexport inspect`: the model and prompt the FLOPs are counted for.

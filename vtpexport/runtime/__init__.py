@@ -21,6 +21,19 @@ def open_runner(folder: str | Path, backend: str = "ort") -> ExportRunner:
     return OrtRunner(folder, backend)
 
 
+def check_backend(folder: str | Path, manifest: dict, backend: str = "ort") -> None:
+    """Fail in one line, before any model is loaded, when this machine cannot run `backend` on the
+    export (no such execution provider; no TensorRT, GPU or matching engines)."""
+    if backend == "trt":
+        from .trt import check_engines_run_here
+
+        check_engines_run_here(Path(folder), manifest)
+    else:
+        from .ort import check_provider
+
+        check_provider(backend)
+
+
 def answer(runner, image, prompt: str, max_new_tokens: int) -> tuple[str, str | None]:
     """One greedy answer from any runner (eager or exported), and a warning when the model
     declares the questions it knows and this is none of them."""

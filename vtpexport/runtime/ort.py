@@ -40,21 +40,29 @@ def tensorrt_provider_options(folder: Path, manifest: dict, graph: str) -> dict[
     }
 
 
+def check_provider(backend: str):
+    """ONNX Runtime, imported, when it has the backend's execution provider; otherwise a one-line error."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    wanted = PROVIDERS[backend][0]
+    if wanted not in available:
+        raise UserError(f"ONNX Runtime here has no {wanted} (available: {', '.join(sorted(available))})")
+    return ort
+
+
 class OrtRunner(ExportRunner):
     """ONNX Runtime sessions of an export folder's graphs: vision, the LLM (one session for both
     phases, so its weights are loaded once) and the text encoder when there is one."""
 
     def __init__(self, folder: str | Path, backend: str = "ort", session_config: dict[str, str] | None = None):
         """session_config: ONNX Runtime session config entries (e.g. to turn thread spinning off)."""
-        import onnxruntime as ort
-
         super().__init__(folder)
+        ort = check_provider(backend)
         self.ort = ort
         self.device = DEVICES[backend]
         available = set(ort.get_available_providers())
         wanted = PROVIDERS[backend][0]
-        if wanted not in available:
-            raise UserError(f"ONNX Runtime here has no {wanted} (available: {', '.join(sorted(available))})")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         for key, value in (session_config or {}).items():

@@ -33,27 +33,33 @@ _DTYPES = {
 }
 
 
+def check_engines_run_here(folder: Path, manifest: dict):
+    """TensorRT, imported, when this machine runs the folder's engines (a GPU, TensorRT of the
+    version and compute capability they were built for); otherwise a one-line error."""
+    built = manifest.get("tensorrt")
+    if not built:
+        raise UserError(f"{folder} has no TensorRT engines; build them with: {finish_command(folder, None, None)}")
+    try:
+        trt = import_tensorrt()
+        gpu, capability = cuda_device()
+    except UserError as error:
+        raise UserError(f"{error}: --backend trt runs engines on a CUDA GPU with TensorRT") from None
+    if str(trt.__version__) != built["version"] or capability != built["compute_capability"]:
+        raise UserError(
+            f"the engines in {folder} were built by TensorRT {built['version']} for compute capability "
+            f"{built['compute_capability']} ({built['gpu']}); this machine has TensorRT {trt.__version__} and "
+            f"{capability} ({gpu}). Rebuild them here: {finish_command(folder, None, None)}"
+        )
+    return trt
+
+
 class TrtRunner(ExportRunner):
     """Deserializes the engines recorded in the manifest and runs them on CUDA device 0."""
 
     def __init__(self, folder: str | Path):
         super().__init__(folder)
-        built = self.manifest.get("tensorrt")
-        if not built:
-            raise UserError(
-                f"{self.folder} has no TensorRT engines; build them with: {finish_command(self.folder, None, None)}"
-            )
-        try:
-            trt = import_tensorrt()
-            gpu, capability = cuda_device()
-        except UserError as error:
-            raise UserError(f"{error}: --backend trt runs engines on a CUDA GPU with TensorRT") from None
-        if str(trt.__version__) != built["version"] or capability != built["compute_capability"]:
-            raise UserError(
-                f"the engines in {self.folder} were built by TensorRT {built['version']} for compute capability "
-                f"{built['compute_capability']} ({built['gpu']}); this machine has TensorRT {trt.__version__} and "
-                f"{capability} ({gpu}). Rebuild them here: {finish_command(self.folder, None, None)}"
-            )
+        trt = check_engines_run_here(self.folder, self.manifest)
+        built = self.manifest["tensorrt"]
         self.trt = trt
         self.logger = collecting_logger(trt)
         self.runtime = trt.Runtime(self.logger)
