@@ -16,8 +16,8 @@ in subprocesses running their own tree, and print side by side:
   speed-up against the FLOPs-predicted one (exact MACs of the LLM, lm_head included), and the
   load average (the machine may be shared) around each side's timing.
 
-Heavy (eight exports of a 4 GB model, verify holds the eager model too, a side's timing process
-holds two runners): run it alone, niced.
+Heavy (eight exports of a 4 GB model, a side's timing process holds two runners): run it alone,
+niced. The model is written, and every measured command runs, in a process of its own.
 Usage: nice -n 10 python bench/bench_engine.py [--workdir DIR] [--before REV] [--repeats N]
 """
 
@@ -132,7 +132,11 @@ def main() -> None:
 
     work = options.workdir
     work.mkdir(parents=True, exist_ok=True)
-    model = random_llava(work / "llava-1.5-7b-widths-l2", width=4096, layers=2, vision_width=1024, vision_layers=24)
+    model = work / "llava-1.5-7b-widths-l2"
+    # Written by a process of its own: this one's memory then stays small, so the run and verify
+    # children's peak RSS is theirs (a child starts as a copy of its parent's resident pages, and
+    # ru_maxrss keeps that across exec).
+    subprocess.run([sys.executable, __file__, "--write-model", str(model)], check=True)
     args = architecture(str(model))
     weight_bytes = sum(p.numel() for p in meta_graph(args).parameters()) * 4
     image = work / "image.png"
@@ -198,8 +202,15 @@ def main() -> None:
         print(f"{key:{width}s}  " + "  ".join(f"{rows[side][key]:>{column}s}" for side in rows))
 
 
+def write_model(folder: str) -> None:
+    """(In its own process.) The random-weight model of llava-1.5-7b's widths with 2 decoder layers."""
+    random_llava(Path(folder), width=4096, layers=2, vision_width=1024, vision_layers=24)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--time":
         time_exports(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--write-model":
+        write_model(sys.argv[2])
     else:
         main()

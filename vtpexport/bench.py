@@ -9,8 +9,8 @@ reported. Per prompt (batch 1):
 
 Memory is not separable inside one process (both sides' sessions share it), so each side's
 peak is measured in a fresh subprocess that loads only that export and runs the same prompts:
-its peak resident set size (getrusage ru_maxrss: Python, torch, ONNX Runtime sessions and
-arenas, and the run), and that peak minus the resident set just before the sessions were
+its peak resident set size (VmHWM: Python, torch, ONNX Runtime sessions and arenas, and the
+run), and that peak minus the resident set just before the sessions were
 created — an upper bound on what the sessions and the run added.
 """
 
@@ -104,7 +104,7 @@ class BenchReport:
                 "timing": "one process, sides alternated per repeat after a warm-up pass, medians; batch 1",
                 "time_to_first_token": "vision graph + prompt assembly + prefill graph",
                 "decode": "decode graph steps fed greedy tokens, no early stop",
-                "memory": "a fresh subprocess per side: peak RSS (ru_maxrss) and peak minus RSS before the "
+                "memory": "a fresh subprocess per side: peak RSS (VmHWM) and peak minus RSS before the "
                 "ONNX Runtime sessions were created",
             },
             "candidate": self.candidate.to_dict(),
@@ -234,13 +234,21 @@ def _current_rss_bytes() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
+def _peak_rss_bytes() -> int:
+    """This process's own peak resident set (VmHWM). Not ru_maxrss: a child inherits its parent's
+    peak through fork and keeps it across exec, and the parent here holds both sides' sessions."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024  # kB
+
+
 def _probe(request: dict) -> dict:
     images = [load_image(path) for path, _ in request["prompts"]]
     before = _current_rss_bytes()
     runner = _runner(request["folder"], request["backend"])
     for image, (_, question) in zip(images, request["prompts"], strict=True):
         _time_prompt(runner, image, question, request["decode"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = _peak_rss_bytes()
     return {"peak_rss_bytes": peak, "rss_before_sessions_bytes": before, "peak_minus_before_bytes": peak - before}
 
 
@@ -280,7 +288,7 @@ def bench_view(report: BenchReport):
     ]  # fmt: skip
     for row in rows:
         table.add_row(*row)
-    caption = ["memory: each side alone in a fresh subprocess (ru_maxrss); MACs: 1 MAC = 2 FLOPs"]
+    caption = ["memory: each side alone in a fresh subprocess (VmHWM); MACs: 1 MAC = 2 FLOPs"]
     if b["exact_prefill_macs_mean"] < SMALL_MODEL_MACS:
         caption.append(
             f"a small model: at {b['exact_prefill_macs_mean']:.3g} MACs a prefill, fixed costs per graph call "
