@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from conftest import random_image
+from PIL import Image
 from safetensors.torch import load_file, save_file
+from transformers import CLIPImageProcessorPil
+from transformers.image_utils import OPENAI_CLIP_MEAN
 
 from vtpexport.cli import main
 from vtpexport.errors import UserError
@@ -19,6 +22,7 @@ from vtpexport.models.loader import architecture, load_model, meta_graph
 from vtpexport.models.prompt import split_prompt
 from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
 from vtpexport.runtime.eager import image_embeddings
+from vtpexport.viz import token_layout
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +135,41 @@ def test_cls_selectors_are_refused_and_fopru_runs(tiny_hr):
     recipe.check_model(args, "llava-hr")
     embeds = image_embeddings(tiny_hr, random_image(50, 70), recipe)
     assert embeds.shape == (18, args.text.hidden_size)
+
+
+def _expand2square(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    """Original LLaVA's pad for image_aspect_ratio "pad", from its definition: the image centred
+    on a square of its longer side, the rest filled with `colour` (offsets rounded down)."""
+    width, height = image.size
+    square = Image.new("RGB", (max(width, height),) * 2, colour)
+    square.paste(image, ((max(width, height) - width) // 2, (max(width, height) - height) // 2))
+    return square
+
+
+@pytest.mark.parametrize("width, height", [(37, 20), (20, 37), (51, 50), (101, 7), (33, 33)])
+def test_preprocessing_pads_to_a_square_of_the_mean_colour(tiny_hr, width, height):
+    """The processor LLaVA-HR loads with against expand2square with CLIP's mean colour, then a plain
+    CLIP processor (resize, crop, normalise) at the model's input size."""
+    size = tiny_hr.args.input_image_size
+    image = random_image(height, width, seed=width)
+    mean_colour = tuple(int(x * 255) for x in OPENAI_CLIP_MEAN)  # (122, 116, 104), as LLaVA's train/eval code
+    clip = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    expected = clip(images=[_expand2square(image, mean_colour)], return_tensors="pt")["pixel_values"]
+    ours = tiny_hr.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    if max(width, height) > 1.5 * min(
+        width, height
+    ):  # the padded corners: the mean colour rounded down to bytes, normalised to about zero
+        assert ours[0, :, 0, 0].abs().max() < 0.015 and ours[0, :, -1, -1].abs().max() < 0.015
+
+
+def test_viz_grid_spans_the_padded_square(tiny_hr):
+    """120 x 80 pads to 120 x 120: the ViT grid's cells are 120 / grid wide and start 20 px above the image."""
+    grid = tiny_hr.args.vision.grid_size
+    layout = token_layout(tiny_hr.args, tiny_hr.image_processor, 120, 80)
+    assert len(layout.boxes) == grid * grid
+    assert layout.boxes[0] == (0, 0.0, -20.0, 120 / grid, -20 + 120 / grid)
+    assert layout.boxes[-1][3:] == (120.0, 100.0)
 
 
 def test_convnext_matches_timm(tiny_hr):
