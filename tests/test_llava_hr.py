@@ -2,6 +2,7 @@
 vision stage against independent implementations, and calibrate -> build -> verify."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -223,6 +224,64 @@ def test_fast_path_matches_transformers_clip_run_the_same_way(tiny_hr):
         hidden = clip.pre_layrnorm(patches + positions)
         theirs = clip.encoder(inputs_embeds=hidden).last_hidden_state
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def _mr_adapter_by_the_paper(weights: dict, fast: torch.Tensor, slow_map: torch.Tensor) -> torch.Tensor:
+    """The MR-adapter as Luo et al. describe it (Feast Your Eyes, sec. 4.2), in plain tensor ops:
+    F'_vl = F_vl + f_l(F_vl) + g * f_h(F_vh), with f_l a depthwise 7x7 conv -> GELU -> 1x1 conv on
+    the ViT tokens laid out as their grid, f_h a 1x1 conv -> GELU -> 1x1 conv on the ConvNeXt map,
+    and the gate g = tanh(W2 GELU(W1 [mean over tokens of both paths])). Where the released code
+    (which the checkpoints were trained with) is more precise than the paper, it is followed: the
+    gate pools F_vl + f_l(F_vl), not f_l(F_vl) alone."""
+    b, n, d = fast.shape
+    side = math.isqrt(n)
+    grid = fast.permute(0, 2, 1).reshape(b, d, side, side)  # token i sits at row i // side, column i % side
+
+    def pointwise(x, name):  # a 1x1 convolution is a per-pixel linear map over channels
+        w = weights[name + ".weight"][:, :, 0, 0]
+        return torch.einsum("oc,bchw->bohw", w, x) + weights[name + ".bias"][None, :, None, None]
+
+    low = F.conv2d(grid, weights["fast_conv.weight"], weights["fast_conv.bias"], padding=3, groups=d)
+    low = grid + pointwise(F.gelu(low), "fast_proj")
+    high = pointwise(F.gelu(pointwise(slow_map, "slow_conv")), "slow_proj")
+    pooled = torch.cat([low.mean(dim=(2, 3)), high.mean(dim=(2, 3))], dim=-1)  # [B, 2D]
+    hidden = F.gelu(pooled @ weights["gate.0.weight"].T + weights["gate.0.bias"])
+    g = torch.tanh(hidden @ weights["gate.2.weight"].T + weights["gate.2.bias"])  # [B, 1]
+    mixed = low + g[:, :, None, None] * high
+    return mixed.flatten(2).permute(0, 2, 1)
+
+
+def test_mr_adapters_and_fusion_match_the_papers_description(tiny_hr):
+    """LLaVA-HR's vision stage recomputed from the loaded weights: our ViT layers (checked against
+    transformers above) and ConvNeXt (against timm), with an MR-adapter after each of the first
+    three quarters of the ViT and the final fusion (Linear(ViT tokens) + Linear(ConvNeXt tokens))
+    written from the paper."""
+    vision = tiny_hr.graph.vision
+    layers = len(vision.fast.layers)
+    pixels = torch.randn(2, 3, 192, 192, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = vision(pixels, feature_layer=layers - 1).features
+        slow_map = vision.slow(pixels)
+        small = F.interpolate(pixels, size=(vision.fast_size,) * 2, mode="bilinear", align_corners=True)
+        x = vision.fast.patch_embedding(small).flatten(2).transpose(1, 2)
+        x = vision.fast.pre_layrnorm(x + vision.patch_positions)
+        unadapted = x
+        adapters = iter(vision.adapters)
+        for index, layer in enumerate(vision.fast.layers):
+            x, unadapted = layer(x)[0], layer(unadapted)[0]
+            if (index + 1) % (layers // 4) == 0 and index + 1 < layers:  # after the 1st, 2nd and 3rd quarter
+                x = _mr_adapter_by_the_paper(next(adapters).state_dict(), x, slow_map)
+        fusion = vision.fusion.state_dict()
+        slow_tokens = slow_map.flatten(2).permute(0, 2, 1)
+
+        def fused(fast):
+            slow = F.linear(slow_tokens, fusion["slow_proj.weight"], fusion["slow_proj.bias"])
+            return F.linear(fast, fusion["fast_proj.weight"], fusion["fast_proj.bias"]) + slow
+
+        expected, without_adapters = fused(x), fused(unadapted)
+    assert next(adapters, None) is None  # as many adapters as the paper places
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert (ours - without_adapters).abs().max() > 0.1  # the adapters change the features: the check can fail
 
 
 def _transformers_clip_state(vision):
