@@ -160,7 +160,7 @@ def test_manifest_describes_stages_and_dimensions(exports):
     assert llm_inputs["past_key_values.2.key"] == ["batch", 2, "past_len_2", 16]
     # Context: past_len_3 = 0, the prompt's stage-3 tokens; generation: image_tokens = 0, one more token.
     assert manifest["graphs"]["llm"]["output_dim_expressions"]["present_len_3"] == (
-        "prefix_len + past_len_3 + suffix_len + ((image_tokens//8))"
+        "prefix_len + suffix_len + past_len_3 + ((image_tokens//8))"
     )
     assert manifest["graphs"]["llm"]["profiles"] == ["context", "generation"]
     for ranges in (manifest["dims"], *manifest["profiles"].values()):
@@ -291,4 +291,4 @@ def test_selector_then_schedule_composes_in_export(exports):
     assert report.passed, report
     manifest = json.loads((folder / "manifest.json").read_text())
     expressions = manifest["graphs"]["llm"]["output_dim_expressions"]
-    assert expressions["present_len_1"] == "prefix_len + past_len_1 + image_tokens + suffix_len - ((image_tokens//3))"
+    assert expressions["present_len_1"] == "past_len_1 + prefix_len + image_tokens + suffix_len - ((image_tokens//3))"

@@ -530,7 +530,7 @@ def test_a_bad_cache_folder_is_one_line(tmp_path, image, monkeypatch):
     import errno
     import os
 
-    import vtpexport.models.builtin as builtin
+    import vtpexport.files as files
 
     run = ["run", "--model", MODEL, "--image", image, "--prompt", "What?", "--max-new-tokens", 1]
     not_a_folder = tmp_path / "cache"
@@ -544,6 +544,6 @@ def test_a_bad_cache_folder_is_one_line(tmp_path, image, monkeypatch):
     def mkdtemp(**kwargs):  # root ignores permissions, so the read-only filesystem is simulated
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs["dir"])
 
-    monkeypatch.setattr(builtin.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(files.tempfile, "mkdtemp", mkdtemp)
     refused(invoke(*run), f"the cache {read_only} ($VTPEXPORT_CACHE)", "Read-only file system")
     assert not_a_folder.read_text() == "a file" and not list((read_only / "builtin").iterdir())

@@ -2,13 +2,17 @@
 vision stage against independent implementations, and calibrate -> build -> verify."""
 
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from conftest import random_image
+from PIL import Image
 from safetensors.torch import load_file, save_file
+from transformers import CLIPImageProcessorPil
+from transformers.image_utils import OPENAI_CLIP_MEAN
 
 from vtpexport.cli import main
 from vtpexport.errors import UserError
@@ -19,6 +23,7 @@ from vtpexport.models.loader import architecture, load_model, meta_graph
 from vtpexport.models.prompt import split_prompt
 from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
 from vtpexport.runtime.eager import image_embeddings
+from vtpexport.viz import token_layout
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +138,41 @@ def test_cls_selectors_are_refused_and_fopru_runs(tiny_hr):
     assert embeds.shape == (18, args.text.hidden_size)
 
 
+def _expand2square(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    """Original LLaVA's pad for image_aspect_ratio "pad", from its definition: the image centred
+    on a square of its longer side, the rest filled with `colour` (offsets rounded down)."""
+    width, height = image.size
+    square = Image.new("RGB", (max(width, height),) * 2, colour)
+    square.paste(image, ((max(width, height) - width) // 2, (max(width, height) - height) // 2))
+    return square
+
+
+@pytest.mark.parametrize("width, height", [(37, 20), (20, 37), (51, 50), (101, 7), (33, 33)])
+def test_preprocessing_pads_to_a_square_of_the_mean_colour(tiny_hr, width, height):
+    """The processor LLaVA-HR loads with against expand2square with CLIP's mean colour, then a plain
+    CLIP processor (resize, crop, normalise) at the model's input size."""
+    size = tiny_hr.args.input_image_size
+    image = random_image(height, width, seed=width)
+    mean_colour = tuple(int(x * 255) for x in OPENAI_CLIP_MEAN)  # (122, 116, 104), as LLaVA's train/eval code
+    clip = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    expected = clip(images=[_expand2square(image, mean_colour)], return_tensors="pt")["pixel_values"]
+    ours = tiny_hr.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    if max(width, height) > 1.5 * min(
+        width, height
+    ):  # the padded corners: the mean colour rounded down to bytes, normalised to about zero
+        assert ours[0, :, 0, 0].abs().max() < 0.015 and ours[0, :, -1, -1].abs().max() < 0.015
+
+
+def test_viz_grid_spans_the_padded_square(tiny_hr):
+    """120 x 80 pads to 120 x 120: the ViT grid's cells are 120 / grid wide and start 20 px above the image."""
+    grid = tiny_hr.args.vision.grid_size
+    layout = token_layout(tiny_hr.args, tiny_hr.image_processor, 120, 80)
+    assert len(layout.boxes) == grid * grid
+    assert layout.boxes[0] == (0, 0.0, -20.0, 120 / grid, -20 + 120 / grid)
+    assert layout.boxes[-1][3:] == (120.0, 100.0)
+
+
 def test_convnext_matches_timm(tiny_hr):
     try:
         from timm.models.convnext import ConvNeXt
@@ -184,6 +224,64 @@ def test_fast_path_matches_transformers_clip_run_the_same_way(tiny_hr):
         hidden = clip.pre_layrnorm(patches + positions)
         theirs = clip.encoder(inputs_embeds=hidden).last_hidden_state
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def _mr_adapter_by_the_paper(weights: dict, fast: torch.Tensor, slow_map: torch.Tensor) -> torch.Tensor:
+    """The MR-adapter as Luo et al. describe it (Feast Your Eyes, sec. 4.2), in plain tensor ops:
+    F'_vl = F_vl + f_l(F_vl) + g * f_h(F_vh), with f_l a depthwise 7x7 conv -> GELU -> 1x1 conv on
+    the ViT tokens laid out as their grid, f_h a 1x1 conv -> GELU -> 1x1 conv on the ConvNeXt map,
+    and the gate g = tanh(W2 GELU(W1 [mean over tokens of both paths])). Where the released code
+    (which the checkpoints were trained with) is more precise than the paper, it is followed: the
+    gate pools F_vl + f_l(F_vl), not f_l(F_vl) alone."""
+    b, n, d = fast.shape
+    side = math.isqrt(n)
+    grid = fast.permute(0, 2, 1).reshape(b, d, side, side)  # token i sits at row i // side, column i % side
+
+    def pointwise(x, name):  # a 1x1 convolution is a per-pixel linear map over channels
+        w = weights[name + ".weight"][:, :, 0, 0]
+        return torch.einsum("oc,bchw->bohw", w, x) + weights[name + ".bias"][None, :, None, None]
+
+    low = F.conv2d(grid, weights["fast_conv.weight"], weights["fast_conv.bias"], padding=3, groups=d)
+    low = grid + pointwise(F.gelu(low), "fast_proj")
+    high = pointwise(F.gelu(pointwise(slow_map, "slow_conv")), "slow_proj")
+    pooled = torch.cat([low.mean(dim=(2, 3)), high.mean(dim=(2, 3))], dim=-1)  # [B, 2D]
+    hidden = F.gelu(pooled @ weights["gate.0.weight"].T + weights["gate.0.bias"])
+    g = torch.tanh(hidden @ weights["gate.2.weight"].T + weights["gate.2.bias"])  # [B, 1]
+    mixed = low + g[:, :, None, None] * high
+    return mixed.flatten(2).permute(0, 2, 1)
+
+
+def test_mr_adapters_and_fusion_match_the_papers_description(tiny_hr):
+    """LLaVA-HR's vision stage recomputed from the loaded weights: our ViT layers (checked against
+    transformers above) and ConvNeXt (against timm), with an MR-adapter after each of the first
+    three quarters of the ViT and the final fusion (Linear(ViT tokens) + Linear(ConvNeXt tokens))
+    written from the paper."""
+    vision = tiny_hr.graph.vision
+    layers = len(vision.fast.layers)
+    pixels = torch.randn(2, 3, 192, 192, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = vision(pixels, feature_layer=layers - 1).features
+        slow_map = vision.slow(pixels)
+        small = F.interpolate(pixels, size=(vision.fast_size,) * 2, mode="bilinear", align_corners=True)
+        x = vision.fast.patch_embedding(small).flatten(2).transpose(1, 2)
+        x = vision.fast.pre_layrnorm(x + vision.patch_positions)
+        unadapted = x
+        adapters = iter(vision.adapters)
+        for index, layer in enumerate(vision.fast.layers):
+            x, unadapted = layer(x)[0], layer(unadapted)[0]
+            if (index + 1) % (layers // 4) == 0 and index + 1 < layers:  # after the 1st, 2nd and 3rd quarter
+                x = _mr_adapter_by_the_paper(next(adapters).state_dict(), x, slow_map)
+        fusion = vision.fusion.state_dict()
+        slow_tokens = slow_map.flatten(2).permute(0, 2, 1)
+
+        def fused(fast):
+            slow = F.linear(slow_tokens, fusion["slow_proj.weight"], fusion["slow_proj.bias"])
+            return F.linear(fast, fusion["fast_proj.weight"], fusion["fast_proj.bias"]) + slow
+
+        expected, without_adapters = fused(x), fused(unadapted)
+    assert next(adapters, None) is None  # as many adapters as the paper places
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert (ours - without_adapters).abs().max() > 0.1  # the adapters change the features: the check can fail
 
 
 def _transformers_clip_state(vision):

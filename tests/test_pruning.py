@@ -8,7 +8,7 @@ from conftest import random_image
 from vtpexport.pruning.fastv import fastv_scores
 from vtpexport.pruning.fitprune import fitprune_scores
 from vtpexport.pruning.fopru import fopru_rank, fopru_row, fopru_significance
-from vtpexport.pruning.ops import iqr_outliers, quantile_linear, topk_ascending
+from vtpexport.pruning.ops import iqr_outliers, masked_quantile_linear, topk_ascending
 from vtpexport.pruning.prumerge import adaptive_count, merge, plus_samples, prumerge_scores
 from vtpexport.pruning.pyramiddrop import pyramiddrop_scores
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
@@ -24,11 +24,13 @@ def test_topk_ascending_returns_raster_order():
 
 def test_quantiles_and_outliers_follow_numpy():
     values = torch.rand(3, 37, generator=torch.Generator().manual_seed(0))
+    among = torch.rand(3, 37, generator=torch.Generator().manual_seed(1)) < torch.tensor([[1.0], [0.5], [0.2]])
     for q in (0.25, 0.5, 0.75):
-        expected = np.percentile(values.numpy(), 100 * q, axis=-1)
-        np.testing.assert_allclose(quantile_linear(values, q).numpy(), expected, rtol=1e-6)
+        expected = [np.percentile(row[keep], 100 * q) for row, keep in zip(values.numpy(), among.numpy(), strict=True)]
+        np.testing.assert_allclose(masked_quantile_linear(values, among, q).numpy(), expected, rtol=1e-6)
     values[1, [5, 9]] = 10.0
     assert iqr_outliers(values)[1].nonzero().flatten().tolist() == [5, 9]
+    assert iqr_outliers(values, among)[1].nonzero().flatten().tolist() == [i for i in (5, 9) if among[1, i]]
 
 
 def test_fitprune_keeps_tokens_text_and_image_rows_attend_to():

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from vtpexport.cli import main
 from vtpexport.models import builtin
@@ -42,6 +43,8 @@ def test_random_weights_load_as_the_alias_and_generate(tmp_path, tiny_alias, ima
     assert len(shards) > 1 and shards[-1] == f"model-{len(shards):05d}-of-{len(shards):05d}.safetensors"
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
+    stored = [t for shard in shards for t in load_file(out / shard).values()]
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in stored)
     model = load_model(alias, weights=str(out), dtype=torch.float32)
     # The folder's config is the alias's: recipes made for the alias apply to it.
     assert model.args.config_hash() == architecture(alias).config_hash()
@@ -66,6 +69,11 @@ def test_layers_cut_the_llm_and_the_command_says_how_to_use_it(tmp_path, tiny_al
     assert architecture(alias).text.num_layers == 4
     refused = CliRunner().invoke(main, ["random-weights", "--model", alias, "--layers", "2", "--out", str(out)])
     assert refused.exit_code == 2 and "already exists; pass --force" in refused.output
+    assert (out / "model.safetensors").is_file()  # under one shard's size: one file and no index, as the Hub's
+    forced = CliRunner().invoke(
+        main, ["random-weights", "--model", alias, "--layers", "2", "--out", str(out), "--force"]
+    )
+    assert forced.exit_code == 0, forced.output
     bad = CliRunner().invoke(main, ["random-weights", "--model", alias, "--layers", "9", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--layers must be in 1..4" in bad.output
     assert not (tmp_path / "x").exists()

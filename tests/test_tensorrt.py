@@ -25,7 +25,6 @@ from vtpexport.export.spec import (
     ExportLimits,
     dim_ranges,
     graph_specs,
-    past_input_name,
     phase_ranges,
     stage_of_layer,
 )
@@ -511,7 +510,7 @@ def test_trt_runner_generates_like_the_ort_runner(engines_on_the_stand_in, image
         ]
         for (_, _, _, before), (_, _, _, after) in zip(steps, steps[1:], strict=False):
             fed = {name: address for name, address in before.items() if name.startswith("present")}
-            assert fed and all(after[past_input_name(name)] == address for name, address in fed.items())
+            assert fed and all(after[runner.cache_feedback[name]] == address for name, address in fed.items())
 
     result = invoke("run", folder, "--image", image_file, "--prompt", "What is it?", "--backend", "trt")
     assert result.exit_code == 0, result.output

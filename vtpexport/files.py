@@ -80,6 +80,43 @@ def folder_atomically(out: str | Path, force: bool, what: str, ours: Callable[[P
             shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def files_atomically(folder: Path, what: str) -> Iterator[Path]:
+    """A hidden staging folder inside `folder` for the block to write files into, each renamed
+    into `folder` (replacing one of its name) once the block completes; when it fails or is
+    interrupted none is, so `folder` never holds some of a set. `what` names them in errors."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    except OSError as error:
+        raise UserError(f"cannot write {what} to {folder}: {error.strerror or error}") from None
+    try:
+        yield staging
+        for file in sorted(staging.iterdir()):
+            os.replace(file, folder / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def folder_once(folder: Path, write: Callable[[Path], None]) -> Path:
+    """`folder`, made by `write(staging)` in a staging folder beside it and renamed into place,
+    unless it exists: a cache entry that concurrent writers make once (the first rename wins and
+    the others' copies are dropped). OSError when it cannot be made."""
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        write(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+        staging.rename(folder)
+    except OSError:
+        if not folder.is_dir():  # another process may have won the race
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def _check_replaceable(out: Path, force: bool, what: str, ours: Callable[[Path], bool], appeared: bool = False) -> bool:
     """Whether `out` exists, refused unless `force` and it is ours; `appeared`: checked after the build."""
     if not (out.exists() or out.is_symlink()):

@@ -269,8 +269,9 @@ class TokenLayout:
 def token_layout(args, image_processor, width: int, height: int) -> TokenLayout:
     """The layout of the image tokens in prompt order (`args.layout.packing_index`), following
     the processor: LLaVA-1.5 resizes the short side and centre-crops (else squashes the whole
-    image); LLaVA-NeXT squashes the whole image into the base tile, and resizes it to fit the
-    best tiling (aspect kept, centred, padded) for the high-resolution tiles."""
+    image); LLaVA-HR pads to a square first; LLaVA-NeXT squashes the whole image into the base
+    tile, and resizes it to fit the best tiling (aspect kept, centred, padded) for the
+    high-resolution tiles."""
     g, per_tile = args.vision.grid_size, args.tokens_per_tile
     if per_tile != g * g:
         raise UserError("viz maps patch tokens only; this model's vision features include the CLS token")
@@ -279,8 +280,9 @@ def token_layout(args, image_processor, width: int, height: int) -> TokenLayout:
         return (view, left + col * cell_w, top + row * cell_h, left + (col + 1) * cell_w, top + (row + 1) * cell_h)
 
     if not args.layout.tiled:
-        side = min(width, height)
         left, top, cell_w, cell_h = 0.0, 0.0, width / g, height / g
+        # Padded to a square first (LLaVA-HR), the crop keeps the whole square and the grid overhangs the image.
+        side = max(width, height) if getattr(image_processor, "do_pad", False) else min(width, height)
         if getattr(image_processor, "do_center_crop", False):
             left, top, cell_w, cell_h = (width - side) / 2, (height - side) / 2, side / g, side / g
         boxes = tuple(grid_box(0, i // g, i % g, left, top, cell_w, cell_h) for i in range(per_tile))

@@ -1,6 +1,6 @@
 """The graphs we export, as thin modules over our one LlavaGraph with the recipe bound.
 
-Inputs and outputs are flat tensors in the order `spec.py` declares; nothing here
+Inputs and outputs are flat tensors in the order `spec.py` declares, bound by its names; nothing here
 computes anything the eager reference does not compute through the same methods.
 """
 
@@ -13,7 +13,19 @@ from ..graph.decoder import LayerCache
 from ..graph.llava import LlavaGraph
 from ..graph.text_encoder import ClipTextEncoder
 from ..recipe import Recipe
-from .spec import stage_of_layer
+from .spec import (
+    IMAGE_EMBEDS,
+    LOGITS,
+    PAST,
+    PREFIX_IDS,
+    PREFIX_MASK,
+    PRESENT,
+    SUFFIX_IDS,
+    SUFFIX_MASK,
+    GraphSpec,
+    cache_name,
+    stage_of_layer,
+)
 
 
 class TextEncoderGraph(nn.Module):
@@ -63,33 +75,45 @@ def vision_graph(llava: LlavaGraph, recipe: Recipe | None, text_encoder: ClipTex
     return VisionGraph(llava, recipe, text_encoder.visual_projection if text_encoder is not None else None)
 
 
-def _stage_outputs(caches: list[LayerCache], stages: list[int]) -> list[Tensor]:
-    first_layers = [stages.index(s) for s in range(stages[-1] + 1)]
-    out = []
-    for layer in first_layers:
-        out += [caches[layer].key_mask, caches[layer].key_positions]
-    return out
-
-
 class LlmGraph(nn.Module):
-    """Both LLM phases (see `spec.llm_spec`): the prompt segment after per-stage past caches."""
+    """Both LLM phases (see `spec.llm_spec`): the prompt segment after per-stage past caches.
+    Inputs and outputs are bound by their names in `spec`, positionally in its order."""
 
-    def __init__(self, llava: LlavaGraph, recipe: Recipe | None):
+    def __init__(self, llava: LlavaGraph, recipe: Recipe | None, spec: GraphSpec):
         super().__init__()
         self.llava = llava
         self.schedule = recipe.schedule if recipe else None
         self.stages = stage_of_layer(self.schedule, llava.args.text.num_layers)
+        self.input_names = [t.name for t in spec.inputs]
+        self.output_names = [t.name for t in spec.outputs]
 
-    def forward(self, prefix_ids, prefix_mask, image_embeds, suffix_ids, suffix_mask, *past: Tensor):
-        num_stages = self.stages[-1] + 1
-        masks, positions = past[0 : 2 * num_stages : 2], past[1 : 2 * num_stages : 2]
-        kv = past[2 * num_stages :]
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        feeds = dict(zip(self.input_names, inputs, strict=True))
         caches = [
-            LayerCache(kv[2 * i], kv[2 * i + 1], masks[stage], positions[stage]) for i, stage in enumerate(self.stages)
+            LayerCache(
+                feeds[cache_name(PAST, "key", i)],
+                feeds[cache_name(PAST, "value", i)],
+                feeds[cache_name(PAST, "mask", stage)],
+                feeds[cache_name(PAST, "positions", stage)],
+            )
+            for i, stage in enumerate(self.stages)
         ]
+        image_embeds, prefix_mask = feeds[IMAGE_EMBEDS], feeds[PREFIX_MASK]
         image_mask = torch.ones(image_embeds.shape[:2], dtype=prefix_mask.dtype, device=prefix_mask.device)
         out = self.llava.prefill(
-            prefix_ids, image_embeds, suffix_ids, prefix_mask, image_mask, suffix_mask, self.schedule, past=caches
+            feeds[PREFIX_IDS],
+            image_embeds,
+            feeds[SUFFIX_IDS],
+            prefix_mask,
+            image_mask,
+            feeds[SUFFIX_MASK],
+            self.schedule,
+            past=caches,
         )
-        kv_out = [t for cache in out.caches for t in (cache.key, cache.value)]
-        return (out.logits.float(), *kv_out, *_stage_outputs(out.caches, self.stages))
+        outputs = {LOGITS: out.logits.float()}
+        for i, (stage, cache) in enumerate(zip(self.stages, out.caches, strict=True)):
+            outputs[cache_name(PRESENT, "key", i)], outputs[cache_name(PRESENT, "value", i)] = cache.key, cache.value
+            # A stage's mask and positions are those of its first layer (every layer of it has the same).
+            outputs.setdefault(cache_name(PRESENT, "mask", stage), cache.key_mask)
+            outputs.setdefault(cache_name(PRESENT, "positions", stage), cache.key_positions)
+        return tuple(outputs[name] for name in self.output_names)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
+from ..devices import DTYPES
 from ..graph.llava import LlavaGraph
 from ..graph.text_encoder import ClipTextEncoder
 from ..recipe import Recipe
 from .attention import TARGETS, AttentionTarget
 from .modules import LlmGraph, TextEncoderGraph, vision_graph
-from .spec import GraphSpec
+from .spec import LLM, PROMPT_INPUTS, GraphSpec, cache_feedback
 
 # ONNX Runtime 1.31 rejects the IR 14 that onnx 1.23 writes by default; TensorRT takes 10 too.
 IR_VERSION = 10
@@ -43,7 +45,7 @@ def _dynamic_shapes(module: nn.Module, spec: GraphSpec) -> tuple:
 
 
 def example_inputs(
-    llava: LlavaGraph, recipe: Recipe | None, text_encoder: ClipTextEncoder | None = None
+    llava: LlavaGraph, recipe: Recipe | None, specs: dict[str, GraphSpec], text_encoder: ClipTextEncoder | None = None
 ) -> dict[str, tuple]:
     """Inputs for tracing: every dynamic dimension >= 2 and different from the others, so the
     exporter neither specialises a dimension to 1 nor merges two that merely look equal."""
@@ -75,23 +77,36 @@ def example_inputs(
     suffix = torch.randint(0, vocab, (2, 7), generator=generator)
     prefix_mask = torch.ones_like(prefix)
     prefix_mask[1, :2] = 0  # left padding in one row
-    prompt = (prefix, prefix_mask, image_embeds, suffix, torch.ones_like(suffix))
-    llm = LlmGraph(llava, recipe)
+    prompt = dict(zip(PROMPT_INPUTS, (prefix, prefix_mask, image_embeds, suffix, torch.ones_like(suffix)), strict=True))
+    llm, feedback = LlmGraph(llava, recipe, specs[LLM]), cache_feedback(args, recipe)
     with torch.no_grad():
-        out = llm(*prompt, *empty_past(llm, batch=2, dtype=image_embeds.dtype))
-    num_layers = args.text.num_layers
-    kv, stage_tensors = out[1 : 1 + 2 * num_layers], out[1 + 2 * num_layers :]
+        out = dict(
+            zip(
+                llm.output_names,
+                llm(*_in_order(llm, prompt | empty_past(specs[LLM], feedback.values(), batch=2))),
+                strict=True,
+            )
+        )
     # Traced with a prompt after full caches, so that no dimension is 0 (a 0 would be specialised):
     # the graph is the same for the context phase (empty caches) and the generation phase (no prompt).
-    return inputs | {"vision": vision, "llm": (*prompt, *stage_tensors, *kv)}
+    full = {past: out[present] for present, past in feedback.items()}
+    return inputs | {"vision": vision, LLM: _in_order(llm, prompt | full)}
 
 
-def empty_past(llm: LlmGraph, batch: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """The context phase's caches: every stage's mask and positions, then every layer's key and value, empty."""
-    t = llm.llava.args.text
-    stages = [torch.zeros(batch, 0, dtype=torch.long) for _ in range(2 * (llm.stages[-1] + 1))]
-    kv = [torch.zeros(batch, t.num_kv_heads, 0, t.head_dim, dtype=dtype) for _ in range(2 * t.num_layers)]
-    return stages + kv
+def _in_order(llm: LlmGraph, feeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return tuple(feeds[name] for name in llm.input_names)
+
+
+def empty_past(spec: GraphSpec, past_names: Iterable[str], batch: int) -> dict[str, torch.Tensor]:
+    """The context phase's caches, by name: `batch` rows of length 0 of each of `past_names`."""
+    dtypes = DTYPES | {"int64": torch.long}
+    tensors = {t.name: t for t in spec.inputs}
+    return {
+        name: torch.zeros(
+            [batch if d == "batch" else 0 if isinstance(d, str) else d for d in t.dims], dtype=dtypes[t.dtype]
+        )
+        for name, t in ((name, tensors[name]) for name in past_names)
+    }
 
 
 def _quiet_exporter():
@@ -165,11 +180,11 @@ def export_all(
     `text_encoder` (CLIP's text tower) is exported when the specs include it; attention is
     written in `target`'s fusable form."""
     text_encoder = text_encoder if "text_encoder" in specs else None
-    inputs = example_inputs(llava, recipe, text_encoder)
+    inputs = example_inputs(llava, recipe, specs, text_encoder)
     modules = {
         "text_encoder": lambda: TextEncoderGraph(text_encoder),
         "vision": lambda: vision_graph(llava, recipe, text_encoder),
-        "llm": lambda: LlmGraph(llava, recipe),
+        LLM: lambda: LlmGraph(llava, recipe, specs[LLM]),
     }
     expressions = {}
     for name, spec in specs.items():

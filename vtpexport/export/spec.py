@@ -80,24 +80,56 @@ def vision_spec(args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None, a
     return GraphSpec("vision", inputs, outputs)
 
 
-def _kv(prefix: str, layers: range, stages: list[int], length: str, args: LlavaArgs, dtype: str):
+PAST, PRESENT = "past", "present"  # a call's cache inputs; its cache outputs, the next call's past
+KV_KINDS, STAGE_KINDS = ("key", "value"), ("mask", "positions")
+
+
+def cache_name(direction: str, kind: str, index: int) -> str:
+    """The name of one LLM cache tensor, written here only (optimum's add_past_key_values):
+    `direction` PAST (an input) or PRESENT (an output); `kind` "key" / "value" of layer `index`,
+    or "mask" / "positions" of KV-cache stage `index`."""
+    if kind in KV_KINDS:
+        return f"{'past_key_values' if direction == PAST else PRESENT}.{index}.{kind}"
+    return f"{direction}_{kind}.{index}"
+
+
+def _kv(direction: str, stages: list[int], args: LlavaArgs, dtype: str):
     t = args.text
     return tuple(
-        TensorSpec(f"{prefix}.{i}.{kind}", dtype, ("batch", t.num_kv_heads, f"{length}_{stages[i]}", t.head_dim))
-        for i in layers
-        for kind in ("key", "value")
+        TensorSpec(
+            cache_name(direction, kind, i), dtype, ("batch", t.num_kv_heads, f"{direction}_len_{stage}", t.head_dim)
+        )
+        for i, stage in enumerate(stages)
+        for kind in KV_KINDS
     )
 
 
-def _stage_tensors(prefix: str, count: int, length: str):
+def _stage_tensors(direction: str, stages: list[int]):
     return tuple(
-        TensorSpec(f"{prefix}_{kind}.{s}", "int64", ("batch", f"{length}_{s}"))
-        for s in range(count)
-        for kind in ("mask", "positions")
+        TensorSpec(cache_name(direction, kind, s), "int64", ("batch", f"{direction}_len_{s}"))
+        for s in range(stages[-1] + 1)
+        for kind in STAGE_KINDS
     )
+
+
+def cache_feedback(args: LlavaArgs, recipe: Recipe | None) -> dict[str, str]:
+    """Each LLM cache output -> the input the next call feeds it to (present -> past)."""
+    stages = stage_of_layer(recipe.schedule if recipe else None, args.text.num_layers)
+    entries = [(kind, i) for i in range(len(stages)) for kind in KV_KINDS]
+    entries += [(kind, s) for s in range(stages[-1] + 1) for kind in STAGE_KINDS]
+    return {cache_name(PRESENT, kind, i): cache_name(PAST, kind, i) for kind, i in entries}
 
 
 LLM = "llm"  # the LLM graph's name; the others are vision and text_encoder
+# The LLM graph's prompt inputs (named as the PreparedBatch fields that hold them) and its logits.
+PROMPT_INPUTS = PREFIX_IDS, PREFIX_MASK, IMAGE_EMBEDS, SUFFIX_IDS, SUFFIX_MASK = (
+    "prefix_ids",
+    "prefix_mask",
+    "image_embeds",
+    "suffix_ids",
+    "suffix_mask",
+)
+LOGITS = "logits"
 # The LLM graph's two phases, TensorRT-LLM's names for them (one optimization profile each):
 # context runs the prompt after empty caches; generation runs one token after full ones.
 PHASES = ("context", "generation")
@@ -108,22 +140,23 @@ def llm_spec(args: LlavaArgs, recipe: Recipe | None, dtype: str) -> GraphSpec:
     [prefix | image | suffix] after per-stage past caches. The context phase feeds the prompt
     and empty caches; the generation phase feeds the new token as a one-token suffix, no prefix
     and no image, after the caches the previous call returned."""
-    schedule = recipe.schedule if recipe else None
-    stages = stage_of_layer(schedule, args.text.num_layers)
-    layers = range(args.text.num_layers)
+    stages = stage_of_layer(recipe.schedule if recipe else None, args.text.num_layers)
+    prompt = {
+        PREFIX_IDS: ("int64", ("batch", "prefix_len")),
+        PREFIX_MASK: ("int64", ("batch", "prefix_len")),
+        IMAGE_EMBEDS: (dtype, ("batch", "image_tokens", args.text.hidden_size)),
+        SUFFIX_IDS: ("int64", ("batch", "suffix_len")),
+        SUFFIX_MASK: ("int64", ("batch", "suffix_len")),
+    }
     inputs = (
-        TensorSpec("prefix_ids", "int64", ("batch", "prefix_len")),
-        TensorSpec("prefix_mask", "int64", ("batch", "prefix_len")),
-        TensorSpec("image_embeds", dtype, ("batch", "image_tokens", args.text.hidden_size)),
-        TensorSpec("suffix_ids", "int64", ("batch", "suffix_len")),
-        TensorSpec("suffix_mask", "int64", ("batch", "suffix_len")),
-        *_stage_tensors("past", stages[-1] + 1, "past_len"),
-        *_kv("past_key_values", layers, stages, "past_len", args, dtype),
+        *(TensorSpec(name, *prompt[name]) for name in PROMPT_INPUTS),
+        *_stage_tensors(PAST, stages),
+        *_kv(PAST, stages, args, dtype),
     )
     outputs = (
-        TensorSpec("logits", "float32", ("batch", args.text.vocab_size)),
-        *_kv("present", layers, stages, "present_len", args, dtype),
-        *_stage_tensors("present", stages[-1] + 1, "present_len"),
+        TensorSpec(LOGITS, "float32", ("batch", args.text.vocab_size)),
+        *_kv(PRESENT, stages, args, dtype),
+        *_stage_tensors(PRESENT, stages),
     )
     return GraphSpec(LLM, inputs, outputs, PHASES)
 
@@ -203,10 +236,3 @@ def phase_ranges(
         context[f"past_len_{stage}"] = empty
         generation[f"past_len_{stage}"] = (low, min(opt, high), high)
     return {"context": context, "generation": generation}
-
-
-def past_input_name(output_name: str) -> str:
-    """The LLM input the next generation step feeds with this output of the last call (present -> past)."""
-    if output_name.startswith("present."):
-        return "past_key_values." + output_name[len("present.") :]
-    return output_name.replace("present_", "past_", 1)

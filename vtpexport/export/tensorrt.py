@@ -16,14 +16,12 @@ with their own per-stage lengths), so its weights are in GPU memory once. They a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import write_atomically
+from ..files import files_atomically, write_atomically
 from .lint import format_issues, lint_model
 from .manifest import export_file, folder_differences, read_manifest, update_manifest
 
@@ -269,7 +267,7 @@ def build_engines(
     engines = {}
     # Engines wait in a hidden folder until all are built: a failure (or a full disk) leaves
     # the export as it was, with no engine the manifest does not list.
-    with tempfile.TemporaryDirectory(prefix=".engines-", dir=folder) as staging:
+    with files_atomically(folder, "the engines") as staging:
         for graph, named in profiles.items():
             report(f"building {engine_file(graph)} (TensorRT {trt.__version__}, {gpu}; profiles {', '.join(named)})")
             engine, cache = build_engine(
@@ -280,10 +278,8 @@ def build_engines(
                 workspace,
                 cache,
             )
-            _write_bytes(Path(staging) / engine_file(graph), engine, f"the {graph} engine")
+            _write_bytes(staging / engine_file(graph), engine, f"the {graph} engine")
             engines[graph] = engine_file(graph)
-        for file in engines.values():
-            os.replace(Path(staging) / file, folder / file)
     if cache_path:
         _write_bytes(cache_path, cache, "the timing cache")
     tensorrt = {

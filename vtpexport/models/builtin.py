@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +25,7 @@ from transformers import (
 )
 
 from ..errors import UserError, one_line
+from ..files import folder_once
 from ..graph.llava import LlavaGraph
 from .checkpoint import save_weights
 from .families import args_from_config, family_of
@@ -269,22 +268,10 @@ def cached_folder(name: str, write, sources: tuple[Path, ...]) -> Path:
     never reuses a stale copy.
     """
     fingerprint = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
-    folder = cache_root() / "builtin" / f"{name}-{fingerprint}"
-    if folder.is_dir():
-        return folder
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+        return folder_once(cache_root() / "builtin" / f"{name}-{fingerprint}", lambda staging: write(name, staging))
     except OSError as error:
         raise _cache_error(name, error) from None
-    try:
-        write(name, staging)
-        staging.rename(folder)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not folder.is_dir():  # another process may have won the race
-            raise _cache_error(name, error) from None
-    return folder
 
 
 def _cache_error(name: str, error: OSError) -> UserError:

@@ -4,12 +4,14 @@ family (`models.tensor_names`)."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import sys
 from pathlib import Path
 
 import torch
+from huggingface_hub import StateDictSplit, save_torch_state_dict, split_state_dict_into_shards_factory
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import UserError, one_line
@@ -20,6 +22,7 @@ from .families import family_of
 
 WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SAFETENSORS_PATTERN = "model{suffix}.safetensors"  # huggingface_hub's: model-00001-of-00003.safetensors
 # What reading a corrupt or truncated weight file raises (torch.load: RuntimeError; a pickle
 # with code in it, which weights_only refuses to run: UnpicklingError).
 WEIGHT_READ_ERRORS = (OSError, RuntimeError, SafetensorError, pickle.UnpicklingError)
@@ -99,26 +102,25 @@ def load_weights(graph: LlavaGraph, folder: Path, dtype: torch.dtype) -> None:
 
 def save_weights(graph: LlavaGraph, folder: Path, max_shard_bytes: int | None = None) -> None:
     """Write the graph's weights in its family's layout (the Hub's; LLaVA-HR: original LLaVA's)
-    as (optionally sharded) safetensors."""
+    as safetensors, in the Hub's shards and index when they exceed `max_shard_bytes`."""
     to_checkpoint = family_of(graph.args).to_checkpoint
-    state = {to_checkpoint(k): v.detach().contiguous() for k, v in graph.state_dict().items()}
-    if max_shard_bytes is None:
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        return
-    shards: list[dict[str, Tensor]] = [{}]
-    size = 0
-    for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = tensor
-        size += nbytes
-    weight_map = {}
-    for i, shard in enumerate(shards, start=1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, name))
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    state = {to_checkpoint(k): v.detach() for k, v in graph.state_dict().items()}
+    save_torch_state_dict(state, folder, max_shard_size=max_shard_bytes or sys.maxsize)
+
+
+def plan_shards(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, max_shard_bytes: int) -> StateDictSplit:
+    """huggingface_hub's shard plan (file names and index) for tensors not yet made, in the
+    order given: a shard closes before the tensor that would take it past `max_shard_bytes`."""
+    return split_state_dict_into_shards_factory(
+        shapes,
+        get_storage_size=lambda shape: math.prod(shape) * dtype.itemsize,
+        filename_pattern=SAFETENSORS_PATTERN,
+        max_shard_size=max_shard_bytes,
+    )
+
+
+def write_weight_index(folder: Path, plan: StateDictSplit) -> None:
+    """The Hub's model.safetensors.index.json for a sharded plan (an unsharded one has none)."""
+    if plan.is_sharded:
+        index = {"metadata": plan.metadata, "weight_map": plan.tensor_to_filename}
+        (folder / WEIGHT_INDEX_FILES[0]).write_text(json.dumps(index, indent=2))

@@ -16,8 +16,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, PretrainedConfig
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaImageProcessorPil, PretrainedConfig
 
 from ..errors import UserError
 from ..graph.args import ConvNextArgs, LlavaArgs, MultiPathArgs
@@ -120,25 +119,11 @@ def llava_hr_args(config: PretrainedConfig) -> LlavaArgs:
     )
 
 
-class PadToSquareProcessor:
-    """LLaVA-HR's preprocessing (image_aspect_ratio "pad"): pad to a square with the mean colour,
-    then CLIP's resize (shortest edge, bicubic), centre crop and normalisation at `size`."""
-
-    def __init__(self, size: int):
-        self.clip = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-        self.background = tuple(int(x * 255) for x in self.clip.image_mean)
-
-    def pad_to_square(self, image: Image.Image) -> Image.Image:
-        width, height = image.size
-        side = max(width, height)
-        if width == height:
-            return image
-        square = Image.new(image.mode, (side, side), self.background)
-        square.paste(image, ((side - width) // 2, (side - height) // 2))
-        return square
-
-    def __call__(self, images: list[Image.Image], return_tensors: str = "pt"):
-        return self.clip(images=[self.pad_to_square(i) for i in images], return_tensors=return_tensors)
+def pad_to_square_processor(size: int) -> LlavaImageProcessorPil:
+    """LLaVA-HR's preprocessing (image_aspect_ratio "pad"): pad to a square with the mean colour
+    (original LLaVA's expand2square), then CLIP's resize (shortest edge, bicubic), centre crop
+    and normalisation at `size`."""
+    return LlavaImageProcessorPil(do_pad=True, size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def write_config(data: dict, folder: Path) -> None:

@@ -17,7 +17,7 @@ from .aliases import ALIASES
 from .builtin import BUILTIN_NAMES, builtin_folder
 from .checkpoint import load_weights
 from .families import args_from_config, family_of, family_of_config
-from .hr import PadToSquareProcessor, hr_config
+from .hr import hr_config, pad_to_square_processor
 
 WEIGHTS_ENV = "VTPEXPORT_WEIGHTS_DIR"
 
@@ -155,7 +155,7 @@ def load_processing(folder: Path, config: PretrainedConfig) -> tuple[object, obj
         if family_of(args).original_layout:
             # Original LLaVA ships a tokenizer only; the image processor is LLaVA-HR's fixed recipe.
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            return tokenizer, PadToSquareProcessor(args.input_image_size), _template(tokenizer, args)
+            return tokenizer, pad_to_square_processor(args.input_image_size), _template(tokenizer, args)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"cannot load the tokenizer / image processor from {folder}: {error}") from None

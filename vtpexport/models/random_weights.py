@@ -2,14 +2,14 @@
 Hub's for LLaVA-1.5 / NeXT, original LLaVA's for LLaVA-HR): how users dry-run calibrate, build
 and verify (and size a TensorRT build) before their weights arrive, and how we test at scale.
 
-Written shard by shard: one parameter is made in fp32 at a time, cast, and a shard is saved as
-soon as it is full, so a 7B model needs about one shard of memory, not the model in fp32.
+Written shard by shard, in huggingface_hub's shard plan and index: one parameter is made in
+fp32 at a time, cast, and a shard is saved as soon as its last tensor is made, so a 7B model
+needs about one shard of memory (two, beside a tensor larger than a shard), not the model in fp32.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from ..files import folder_atomically
 from ..progress import progress_bar
 from .aliases import ALIASES
 from .builtin import SPECIALS, processor_for, random_parameter, wrap_tokenizer
+from .checkpoint import plan_shards, write_weight_index
 from .families import args_from_config, family_of
 from .hr import write_config
 from .loader import _alias_config, meta_graph
@@ -80,23 +81,23 @@ def write_random_checkpoint(
     config = alias_config(name, layers)
     args = args_from_config(config)
     family = family_of(args)
-    parameters = list(meta_graph(args).named_parameters())
-    total = sum(p.numel() for _, p in parameters) * dtype.itemsize
+    # checkpoint name -> (our name, meta parameter), in the graph's order
+    parameters = {family.to_checkpoint(ours): (ours, p) for ours, p in meta_graph(args).named_parameters()}
+    plan = plan_shards({name: tuple(p.shape) for name, (_, p) in parameters.items()}, dtype, max_shard_bytes)
     generator = torch.Generator().manual_seed(seed)
     with folder_atomically(out, force, "the checkpoint", _is_checkpoint) as staging:
-        weight_map, shard, shard_bytes, shards = {}, {}, 0, []
+        unmade = {file: set(names) for file, names in plan.filename_to_tensors.items()}
+        shards: dict[str, dict[str, torch.Tensor]] = {file: {} for file in unmade}
         with progress_bar("writing weights", len(parameters), "tensor", progress) as bar:
-            for our_name, param in parameters:
-                tensor = random_parameter(our_name, param.shape, generator).to(dtype)
-                nbytes = tensor.numel() * tensor.element_size()
-                if shard and shard_bytes + nbytes > max_shard_bytes:
-                    shards.append(_save_shard(shard, staging, len(shards), weight_map))
-                    shard, shard_bytes = {}, 0
-                shard[family.to_checkpoint(our_name)] = tensor
-                shard_bytes += nbytes
+            for checkpoint_name, (our_name, param) in parameters.items():
+                file = plan.tensor_to_filename[checkpoint_name]
+                shards[file][checkpoint_name] = random_parameter(our_name, param.shape, generator).to(dtype)
+                unmade[file].discard(checkpoint_name)
+                if not unmade[file]:  # the shard is complete: write it and let its tensors go
+                    save_file(shards.pop(file), str(staging / file), metadata={"format": "pt"})
+                    (staging / file).chmod(0o644)  # safetensors writes 0600; a checkpoint is for sharing
                 bar.update()
-            shards.append(_save_shard(shard, staging, len(shards), weight_map))
-        _number_shards(staging, shards, weight_map, total)
+        write_weight_index(staging, plan)
         text = getattr(config, "text_config", config)
         tokenizer = vocab_tokenizer(text.vocab_size, args.image_token_id, getattr(config, "pad_token_id", None))
         if family.original_layout:
@@ -111,20 +112,5 @@ def write_random_checkpoint(
 
 def _is_checkpoint(folder: Path) -> bool:
     """What --force may replace: a folder holding a checkpoint (ours or not), never another folder."""
-    return (folder / "config.json").is_file() and (folder / "model.safetensors.index.json").is_file()
-
-
-def _save_shard(shard: dict, folder: Path, index: int, weight_map: dict) -> str:
-    file = f"shard-{index:05d}.safetensors"  # renamed to the Hub's -of- names once the count is known
-    save_file(shard, str(folder / file), metadata={"format": "pt"})
-    (folder / file).chmod(0o644)  # safetensors writes 0600; a checkpoint is for sharing
-    weight_map.update(dict.fromkeys(shard, file))
-    return file
-
-
-def _number_shards(folder: Path, shards: list[str], weight_map: dict, total: int) -> None:
-    names = {file: f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i, file in enumerate(shards)}
-    for file, final in names.items():
-        (folder / file).rename(folder / final)
-    index = {"metadata": {"total_size": total}, "weight_map": {k: names[v] for k, v in weight_map.items()}}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in weights)

@@ -1,6 +1,6 @@
 """Selection primitives shared by every method: static-count top-k in raster order, and
-the IQR outlier fence (numpy.percentile 'linear' semantics) written with sort + gather so
-it exports to standard ONNX ops."""
+the IQR outlier fence (numpy.percentile 'linear' semantics) in ops that export to standard
+ONNX ops (torch.quantile; over a per-row subset, sort + gather)."""
 
 from __future__ import annotations
 
@@ -18,20 +18,11 @@ def masked_scores(scores: Tensor, valid: Tensor) -> Tensor:
     return scores.masked_fill(~valid.bool(), torch.finfo(scores.dtype).min)
 
 
-def quantile_linear(values: Tensor, q: float) -> Tensor:
-    """numpy.percentile(values, 100*q, axis=-1) with linear interpolation; values [B, N]."""
-    ordered = torch.sort(values, dim=-1).values
-    n = values.shape[-1]
-    position = q * (n - 1)
-    low = int(position)
-    high = min(low + 1, n - 1)
-    fraction = position - low
-    return ordered[..., low] + (ordered[..., high] - ordered[..., low]) * fraction
-
-
 def masked_quantile_linear(values: Tensor, among: Tensor, q: float) -> Tensor:
-    """quantile_linear over the entries where `among` [B, N] is True; their number varies by row,
-    so the interpolation positions are tensors (no data-dependent shape)."""
+    """numpy.percentile(values, 100*q) with linear interpolation over the entries where `among`
+    [B, N] is True, per row; their number varies by row, so the interpolation positions are
+    tensors (no data-dependent shape). Not torch.nanquantile over NaN-filled values: ONNX Runtime
+    gives it wrong values."""
     ordered = torch.sort(values.masked_fill(~among, float("inf")), dim=-1).values
     count = among.sum(dim=-1, keepdim=True)
     position = q * (count - 1).clamp(min=0).to(values.dtype)
@@ -44,8 +35,8 @@ def masked_quantile_linear(values: Tensor, among: Tensor, q: float) -> Tensor:
 def iqr_outliers(values: Tensor, among: Tensor | None = None) -> Tensor:
     """Mask [B, N] of values above Q3 + 1.5 (Q3 - Q1), per row; with `among`, the quartiles and
     the outliers are those of the entries `among` marks."""
-    if among is None:
-        q1, q3 = quantile_linear(values, 0.25), quantile_linear(values, 0.75)
+    if among is None:  # torch.quantile exports to sort + lerp; ONNX Runtime gives its values
+        q1, q3 = torch.quantile(values, 0.25, dim=-1), torch.quantile(values, 0.75, dim=-1)
         return values > (q3 + 1.5 * (q3 - q1))[..., None]
     q1, q3 = masked_quantile_linear(values, among, 0.25), masked_quantile_linear(values, among, 0.75)
     return among & (values > (q3 + 1.5 * (q3 - q1))[..., None])

@@ -15,17 +15,11 @@ from transformers import AutoTokenizer
 
 from ..errors import UserError
 from ..export.manifest import export_file, read_manifest
-from ..export.spec import LLM, past_input_name
+from ..export.spec import IMAGE_EMBEDS, LLM, PREFIX_IDS, PROMPT_INPUTS, SUFFIX_IDS, SUFFIX_MASK, cache_feedback
 from ..models.families import args_from_config
 from ..models.loader import config_from_folder, load_processing
 from ..recipe import Recipe
 from .batch import PreparedBatch, Runner, build_batch, image_tiles
-
-
-def is_cache(output_name: str) -> bool:
-    """The LLM graph's KV caches, masks and positions: runners keep them where the backend runs
-    (device memory) and only feed them back, so a step never copies them to the host."""
-    return output_name.startswith("present")
 
 
 def to_numpy(tensor: Tensor) -> np.ndarray:
@@ -57,6 +51,9 @@ class ExportRunner(Runner):
         self.args = args_from_config(config)
         self.tokenizer, self.image_processor, self.chat_template = load_processing(self.folder, config)
         self.recipe = export_recipe(self.folder)
+        # The LLM graph's cache outputs -> the inputs the next call feeds them to. Runners keep
+        # these outputs where the backend runs (device memory), so a step never copies them to the host.
+        self.cache_feedback = cache_feedback(self.args, self.recipe)
         text_encoder = self.manifest.get("text_encoder")
         self.text_tokenizer = None
         if text_encoder is not None:
@@ -89,7 +86,7 @@ class ExportRunner(Runner):
         feeds = {name: to_numpy(t) for name, t in zip(names, inputs, strict=False)}
         if self.text_tokenizer is not None:
             feeds["text_embeds"] = self.text_embeddings(question)
-        return to_torch(self.run_graph("vision", feeds)["image_embeds"][0])
+        return to_torch(self.run_graph("vision", feeds)[IMAGE_EMBEDS][0])
 
     def prepare(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int) -> PreparedBatch:
         return build_batch(
@@ -99,27 +96,21 @@ class ExportRunner(Runner):
     def prefill(self, batch: PreparedBatch) -> dict[str, np.ndarray]:
         if not bool(batch.image_mask.all()):
             raise UserError("the prefill graph takes images of one token count per batch; group images by size")
-        prompt = {
-            "prefix_ids": batch.prefix_ids,
-            "prefix_mask": batch.prefix_mask,
-            "image_embeds": batch.image_embeds,
-            "suffix_ids": batch.suffix_ids,
-            "suffix_mask": batch.suffix_mask,
-        }
-        return self.run_prompt({k: to_numpy(v) for k, v in prompt.items()})
+        return self.run_prompt({name: to_numpy(getattr(batch, name)) for name in PROMPT_INPUTS})
+
+    def _empty_feeds(self, rows: int) -> dict[str, np.ndarray]:
+        return {t["name"]: self._empty(t["name"], rows) for t in self.manifest["graphs"][LLM]["inputs"]}
 
     def run_prompt(self, prompt: dict[str, np.ndarray]) -> dict:
         """The LLM graph's context phase: the prompt's prefix / image / suffix inputs after empty caches."""
-        rows = prompt["prefix_ids"].shape[0]
-        feeds = {t["name"]: self._empty(t["name"], rows) for t in self.manifest["graphs"][LLM]["inputs"]}
-        return self.run_graph(LLM, feeds | prompt, "context")
+        return self.run_graph(LLM, self._empty_feeds(prompt[PREFIX_IDS].shape[0]) | prompt, "context")
 
     def decode(self, token: Tensor, previous: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One step after the outputs of the prompt's (or the last step's) call: the token as a
         one-token suffix, no prefix and no image."""
         rows = token.shape[0]
-        feeds = {past_input_name(name): value for name, value in previous.items() if name != "logits"}
-        feeds |= {name: self._empty(name, rows) for name in ("prefix_ids", "prefix_mask", "image_embeds")}
-        feeds["suffix_ids"] = token.numpy().reshape(-1, 1).astype(np.int64)
-        feeds["suffix_mask"] = np.ones((rows, 1), dtype=np.int64)
+        feeds = self._empty_feeds(rows)
+        feeds |= {self.cache_feedback[name]: value for name, value in previous.items() if name in self.cache_feedback}
+        feeds[SUFFIX_IDS] = token.numpy().reshape(-1, 1).astype(np.int64)
+        feeds[SUFFIX_MASK] = np.ones((rows, 1), dtype=np.int64)
         return self.run_graph(LLM, feeds, "generation")

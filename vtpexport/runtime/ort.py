@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import UserError, one_line
 from ..export.manifest import RUNTIME_CACHES, export_file
 from ..export.tensorrt import engine_profiles
-from .exported import ExportRunner, is_cache
+from .exported import ExportRunner
 
 PROVIDERS = {
     "ort": ["CPUExecutionProvider"],
@@ -98,9 +98,9 @@ class OrtRunner(ExportRunner):
                 else:
                     binding.bind_cpu_input(name, np.ascontiguousarray(value))
             for name in names:
-                binding.bind_output(name, self.device if is_cache(name) else "cpu")
+                binding.bind_output(name, self.device if name in self.cache_feedback else "cpu")
             session.run_with_iobinding(binding)
         except Exception as error:
             raise UserError(f"ONNX Runtime cannot run {self.folder / graph}.onnx: {one_line(error)}") from None
         values = binding.get_outputs()
-        return {name: v if is_cache(name) else v.numpy() for name, v in zip(names, values, strict=True)}
+        return {name: v if name in self.cache_feedback else v.numpy() for name, v in zip(names, values, strict=True)}

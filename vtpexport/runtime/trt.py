@@ -16,7 +16,7 @@ import torch
 from ..errors import UserError
 from ..export.manifest import export_file
 from ..export.tensorrt import collecting_logger, cuda_device, finish_command, import_tensorrt
-from .exported import ExportRunner, is_cache, to_numpy, to_torch
+from .exported import ExportRunner, to_numpy, to_torch
 
 DEVICE = "cuda"  # where engine tensors live (tests run the runner on a CPU stand-in of TensorRT)
 
@@ -115,4 +115,4 @@ class TrtRunner(ExportRunner):
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to run {graph}.plan: {'; '.join(self.logger.errors) or 'no message'}")
         self.stream.synchronize()
-        return {name: t if is_cache(name) else to_numpy(t.cpu()) for name, t in outputs.items()}
+        return {name: t if name in self.cache_feedback else to_numpy(t.cpu()) for name, t in outputs.items()}
