@@ -171,6 +171,9 @@ class SelectorInputs:
     patch_embeds: Tensor | None = None  # [B, N, P]
     text_embeds: Tensor | None = None  # [B, P]
     projected: Tensor | None = None  # [B, N, D_text]
+    # [B, N]: the patches a selector may keep (None: all). LLaVA-NeXT's unpadding drops the rest
+    # of a tile; a selector that runs on tiles keeps these first, and at most `keep` of them.
+    valid: Tensor | None = None
 
 
 @dataclass
@@ -184,6 +187,8 @@ class Selection:
 class Selector(Method):
     kind = "selector"
     probe: ClassVar[VisionProbe] = VisionProbe()
+    # Why the method cannot run per LLaVA-NeXT tile (None: it can, reading `SelectorInputs.valid`).
+    tiles_refusal: ClassVar[str | None] = "is not built for tiles (not yet)"
 
     def adaptive(self, spec: SelectorSpec) -> bool:
         return False
