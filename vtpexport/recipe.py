@@ -108,8 +108,10 @@ class Recipe:
             return keep
         if image_size is None:
             raise UserError(
-                f"recipe {self.name!r}: {self.selector.method} keeps a count per LLaVA-NeXT tile, so the tokens "
-                "entering the LLM depend on the image size; this count is not defined from a token count alone"
+                f"recipe {self.name!r}: {self.selector.method} keeps a count per tile on {args.family}'s "
+                f"{args.layout.rule} images, so the tokens entering the LLM follow from the image size, not from a "
+                "token count; count them at a size (vtpexport inspect --image-size HxW); calibrate does not solve "
+                "per-tile budgets yet"
             )
         return args.layout.selected_tokens(image_size, keep)
 
