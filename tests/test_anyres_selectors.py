@@ -83,8 +83,8 @@ def test_kept_counts_are_a_function_of_the_image_size_only():
             patches = np.bincount(packing[packing < layout.num_tiles(size) * per_tile] // per_tile)
             assert layout.selected_tokens(size, keep) == int(np.minimum(keep, patches).sum()) + rows
         low, _, high = layout.token_range(keep)
-        assert low == min(layout.selected_tokens(s, keep) for s in layout._sizes())
-        assert high == max(layout.selected_tokens(s, keep) for s in layout._sizes())
+        assert low == min(layout.selected_tokens(s, keep) for s in layout.covering_sizes())
+        assert high == max(layout.selected_tokens(s, keep) for s in layout.covering_sizes())
 
 
 @pytest.mark.parametrize(
@@ -122,3 +122,16 @@ def test_per_tile_export_matches_eager_and_lints_for_tensorrt(exports, method):
     result = lint_export(folder)
     assert not result.issues, result.summary()
     assert all(g.attention_layers == g.fusable > 0 for g in result.graphs), result.summary()
+
+
+def test_the_recipe_states_the_tile_budget_rule(tmp_path):
+    args = architecture("tiny-llava-next")
+    ref = ModelRef(args.family, "tiny-llava-next", args.config_hash())
+    Recipe("r", ref, SPECS["dart"]).save(tmp_path / "r.yaml")
+    text = (tmp_path / "r.yaml").read_text()
+    assert "tiles: per_tile" in text
+    (tmp_path / "bad.yaml").write_text(text.replace("tiles: per_tile", "tiles: proportional"))
+    with pytest.raises(UserError, match="tiles.*per_tile"):
+        Recipe.load(tmp_path / "bad.yaml")
+    (tmp_path / "old.yaml").write_text(text.replace("  tiles: per_tile\n", ""))  # recipes written before the field
+    assert Recipe.load(tmp_path / "old.yaml").selector == SPECS["dart"]

@@ -46,7 +46,9 @@ def test_unknown_methods_and_foreign_fields_are_refused():
     ):
         ScheduleSpec("sparsevlm").validate()
     # A field of another method is an error, not silently ignored.
-    with pytest.raises(UserError, match=r"tokens does not apply to method fopru-rank \(fopru-rank takes ratio\)"):
+    with pytest.raises(
+        UserError, match=r"tokens does not apply to method fopru-rank \(fopru-rank takes ratio, tiles\)"
+    ):
         SelectorSpec("fopru-rank", ratio=0.5, tokens=3).validate()
     with pytest.raises(UserError, match=r"drop does not apply to method fastv \(fastv takes layer, ratio\)"):
         ScheduleSpec("fastv", drop=(1, 2)).validate()

@@ -159,9 +159,10 @@ class AnyresTiles(ImageLayout):
     def selected_tokens(self, image_size: tuple[int, int], keep: int) -> int:
         return len(self.selected_packing_index(image_size, keep))
 
-    def _sizes(self) -> list[tuple[int, int]]:
+    def covering_sizes(self) -> list[tuple[int, int]]:
+        """Image sizes whose counts bound every image's: aspect ratios from 1:10 to 10:1 cover
+        every tile grid and unpadding the pinpoints allow."""
         side = self.args.vision.image_size
-        # Aspect ratios from 1:10 to 10:1 cover every tile grid and unpadding the pinpoints allow.
         sizes = [(side * 10, side * w // 10 or 1) for w in range(10, 101)]
         return sizes + [(side * h // 10 or 1, side * 10) for h in range(10, 101)]
 
@@ -169,7 +170,7 @@ class AnyresTiles(ImageLayout):
         def count(size: tuple[int, int]) -> int:
             return self.num_tokens(size) if keep is None else self.selected_tokens(size, keep)
 
-        counts = [count(size) for size in self._sizes()]
+        counts = [count(size) for size in self.covering_sizes()]
         return min(counts), count(self.typical_size()), max(counts)
 
     def typical_size(self) -> tuple[int, int]:
@@ -178,7 +179,7 @@ class AnyresTiles(ImageLayout):
 
     def grid_rows_range(self) -> tuple[int, int, int]:
         """(min, opt, max) image_newline tokens (unpadded high-resolution feature rows) of an image."""
-        rows = [len(self.newline_position(size)) for size in self._sizes()]
+        rows = [len(self.newline_position(size)) for size in self.covering_sizes()]
         return min(rows), len(self.newline_position(self.typical_size())), max(rows)
 
     def max_tiles(self) -> int:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..schema import Field
 from .ops import gather_tokens, topk_ascending
-from .registry import COUNT, CountSelector, Selection, Selector, SelectorInputs, SelectorSpec, register
+from .registry import COUNT, TILES, CountSelector, Selection, Selector, SelectorInputs, SelectorSpec, register
 
 RANDOM_SEED = 0
 
@@ -51,6 +51,7 @@ def random_valid_patches(valid: Tensor, keep: int, seed: int = RANDOM_SEED) -> T
 class RandomPatches(CountSelector):
     name = "random"
     summary = "keep `tokens` patches drawn uniformly at random (one seeded draw, the same for every image)"
+    fields = CountSelector.fields | TILES
     tiles_refusal = None
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:

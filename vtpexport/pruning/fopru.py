@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..schema import Field
 from .ops import gather_tokens, masked_scores, topk_ascending
-from .registry import RATIO, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, ratio, register
+from .registry import RATIO, TILES, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, ratio, register
 
 
 def fopru_significance(attn_probs: Tensor, cls_tokens: int = 1) -> Tensor:
@@ -60,6 +60,7 @@ class _FoPru(Selector):
 class FoPruRank(_FoPru):
     name = "fopru-rank"
     summary = "keep the floor(N ratio) tokens of highest significance (vision-encoder attention)"
+    fields = _FoPru.fields | TILES
     tiles_refusal = None
 
     def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:

@@ -39,6 +39,10 @@ SHARE = Number(0, 1)  # a share dropped or kept, 0 and 1 included
 COUNT = Int(0)
 NULLABLE_COUNT = Nullable(COUNT)
 ORDER = Text(choices=("raster", "score"))
+# How a selector's count splits over an image's tiles (LLaVA-NeXT): `per_tile`, the same count in
+# the base tile and in every high-resolution tile (see graph/layout.py, AnyresTiles).
+TILE_RULE = Text(choices=("per_tile",))
+TILES = {"tiles": Field(TILE_RULE, required=False)}  # the field of every selector that runs per tile
 
 
 def all_or_none(*keys: str) -> Rule:
@@ -66,6 +70,7 @@ class SelectorSpec:
     order: str = "raster"
     text_tokens: int | None = None
     merge_tokens: int | None = None
+    tiles: str = "per_tile"
 
     @property
     def declaration(self) -> Selector:
