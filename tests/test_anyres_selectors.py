@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_dart import pivot_oracle
 from test_divprune import max_min_oracle
+from torch.utils.flop_counter import FlopCounterMode
 
 from vtpexport.errors import UserError
 from vtpexport.export.lint import lint_export
@@ -135,3 +136,26 @@ def test_the_recipe_states_the_tile_budget_rule(tmp_path):
         Recipe.load(tmp_path / "bad.yaml")
     (tmp_path / "old.yaml").write_text(text.replace("  tiles: per_tile\n", ""))  # recipes written before the field
     assert Recipe.load(tmp_path / "old.yaml").selector == SPECS["dart"]
+
+
+@pytest.mark.parametrize("method", ["divprune", "random"])
+def test_exact_count_equals_flop_counter_per_tile(tiny_models, method):
+    """The projector runs on every tile patch for a projected-space selector, on the kept ones
+    otherwise; the LLM on the kept tokens and every newline."""
+    from test_flops import counted
+
+    from vtpexport.flops import exact_prefill_macs
+
+    graph = tiny_models["tiny-llava-next"].graph
+    args, size = graph.args, (40, 70)
+    spec = SPECS[method]
+    keep = spec.output_tokens(args.tokens_per_tile, args.vision.grid_size)
+    recipe = Recipe("r", ModelRef(args.family, "tiny-llava-next", args.config_hash()), spec)
+    tiles = torch.randn(args.layout.num_tiles(size), 3, 32, 32)
+    ids, ones = torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)
+    with torch.no_grad(), FlopCounterMode(display=False) as mode:
+        embeds = graph.select_tile_tokens(tiles, spec, *args.layout.vision_inputs(tiles, size, keep)[1:]).embeds
+        graph.prefill(ids, embeds, ids, ones, torch.ones(1, embeds.shape[1], dtype=torch.long), ones)
+    n_image, num_tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
+    exact = exact_prefill_macs(args, recipe, n_image, 5, 5, num_tiles, size)
+    assert counted(mode)[0] == exact.total - exact.attention
