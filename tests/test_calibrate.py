@@ -404,7 +404,7 @@ def test_unwritable_out(tmp_path):
         (["--device", "cuda:7"], r"--device cuda:7"),
         (
             ["--model", "tiny-llava-next", "--selector", "fopru-rank", "--selector-ratio", "0.5"],
-            r"llava-next.s anyres images",
+            r"fopru-rank keeps a count per tile on llava-next.s anyres images.*calibrate does not solve",
         ),
         (["--method", "pyramiddrop", "--stage-layers", "2,x"], r"--stage-layers wants layer numbers"),
         (["--method", "fastv", "--fastv-layer", "4"], r"fastv layer must be in \[1, 4\)"),

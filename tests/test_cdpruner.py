@@ -92,7 +92,7 @@ def test_cdpruner_in_the_graph_reads_the_feature_layer_and_the_question(tiny_mod
 @pytest.mark.parametrize(
     ("model_name", "message"),
     [
-        ("tiny-llava-next", "selector cdpruner is not supported on llava-next's anyres images yet"),
+        ("tiny-llava-next", "selector cdpruner does not run per tile on llava-next's anyres images: it conditions"),
         ("tiny-llava-hr", "cdpruner compares patches with the question in CLIP's joint space.*use dart / divprune /"),
     ],
 )

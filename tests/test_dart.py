@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from vtpexport.errors import UserError
-from vtpexport.models.loader import architecture
 from vtpexport.pruning.dart import PIVOTS, dart_keep, pivot_quotas
-from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
+from vtpexport.recipe import SelectorSpec
 from vtpexport.verify import verify_export
 
 
@@ -65,13 +63,6 @@ def test_dart_batches_rows_independently_and_keeps_projected_tokens(tiny_models)
     assert kept.patch_index.tolist() == dart_keep(projected, 12).tolist()
     for b in range(2):
         torch.testing.assert_close(kept.embeds[b], projected[b, kept.patch_index[b]], atol=1e-6, rtol=0)
-
-
-def test_dart_is_refused_on_llava_next_anyres_images():
-    args = architecture("tiny-llava-next")
-    recipe = Recipe("r", ModelRef(args.family, "tiny-llava-next", args.config_hash()), SelectorSpec("dart", tokens=8))
-    with pytest.raises(UserError, match="selector dart is not supported on llava-next's anyres images yet"):
-        recipe.check_model(args, "tiny-llava-next")
 
 
 @pytest.mark.parametrize(("model_name", "trt_target"), [("tiny-llava-1.5", 11), ("tiny-llava-hr", 10)])

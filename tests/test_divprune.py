@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from vtpexport.errors import UserError
 from vtpexport.flops import exact_prefill_macs
 from vtpexport.models.loader import architecture
 from vtpexport.pruning.divprune import divprune_picks
@@ -69,14 +68,6 @@ def test_divprune_keeps_projected_tokens_in_raster_order(tiny_models):
         assert index == sorted(divprune_picks(projected[b : b + 1], 12)[0].tolist())
         torch.testing.assert_close(kept.embeds[b], projected[b, index], atol=1e-6, rtol=0)
     assert spec.output_tokens(36, 6) == 12 and SelectorSpec("divprune", tokens=99).output_tokens(36, 6) == 36
-
-
-def test_divprune_is_refused_on_llava_next_anyres_images():
-    args = architecture("tiny-llava-next")
-    ref = ModelRef(args.family, "tiny-llava-next", args.config_hash())
-    recipe = Recipe("r", ref, SelectorSpec("divprune", tokens=8))
-    with pytest.raises(UserError, match="selector divprune is not supported on llava-next's anyres images yet"):
-        recipe.check_model(args, "tiny-llava-next")
 
 
 @pytest.mark.parametrize(("model_name", "trt_target"), [("tiny-llava-1.5", 11), ("tiny-llava-hr", 10)])

@@ -67,6 +67,7 @@ SCHEDULES = {
     "fitprune": lambda n: ScheduleSpec("fitprune", drop=(0, n // 3, n // 4, 0), visual_tokens=n),
     "pyramiddrop": lambda n: ScheduleSpec("pyramiddrop", layers=(1, 2, 3), ratio=0.5),
     "fastv": lambda n: ScheduleSpec("fastv", layer=2, ratio=0.5),
+    "dart-llm": lambda n: ScheduleSpec("dart-llm", layer=2, ratio=0.5),
 }
 
 

@@ -29,7 +29,7 @@ def test_every_method_is_declared_once_with_fields_of_its_spec():
     assert names("selector") == (
         "cdpruner", "dart", "divprune", "fopru-rank", "fopru-row", "pool", "prumerge", "prumerge+", "random", "recover"
     )  # fmt: skip
-    assert names("schedule") == ("fastv", "fitprune", "pyramiddrop")
+    assert names("schedule") == ("dart-llm", "fastv", "fitprune", "pyramiddrop")
     for kind, spec_type in (("selector", SelectorSpec), ("schedule", ScheduleSpec)):
         spec_fields = set(spec_type.__dataclass_fields__)
         for method in registry.methods(kind).values():
@@ -41,10 +41,14 @@ def test_every_method_is_declared_once_with_fields_of_its_spec():
 def test_unknown_methods_and_foreign_fields_are_refused():
     with pytest.raises(UserError, match=r"unknown method 'sparsevlm' \(known: cdpruner, dart, divprune, .*recover\)"):
         SelectorSpec("sparsevlm", tokens=3).validate()
-    with pytest.raises(UserError, match="unknown method 'sparsevlm' \\(known: fastv, fitprune, pyramiddrop\\)"):
+    with pytest.raises(
+        UserError, match="unknown method 'sparsevlm' \\(known: dart-llm, fastv, fitprune, pyramiddrop\\)"
+    ):
         ScheduleSpec("sparsevlm").validate()
     # A field of another method is an error, not silently ignored.
-    with pytest.raises(UserError, match=r"tokens does not apply to method fopru-rank \(fopru-rank takes ratio\)"):
+    with pytest.raises(
+        UserError, match=r"tokens does not apply to method fopru-rank \(fopru-rank takes ratio, tiles\)"
+    ):
         SelectorSpec("fopru-rank", ratio=0.5, tokens=3).validate()
     with pytest.raises(UserError, match=r"drop does not apply to method fastv \(fastv takes layer, ratio\)"):
         ScheduleSpec("fastv", drop=(1, 2)).validate()
@@ -72,7 +76,9 @@ def test_cli_choices_are_the_registry():
     refused = CliRunner().invoke(
         main, ["calibrate", "--model", "tiny-llava-1.5", "--flops-budget", "0.5", "--method", "x"]
     )
-    assert refused.exit_code == 2 and "'x' is not one of 'fastv', 'fitprune', 'pyramiddrop'" in refused.output
+    assert (
+        refused.exit_code == 2 and "'x' is not one of 'dart-llm', 'fastv', 'fitprune', 'pyramiddrop'" in refused.output
+    )
 
 
 class EveryOther(Selector):

@@ -9,7 +9,14 @@ from vtpexport.flops import paper_flops
 from vtpexport.models.loader import architecture
 from vtpexport.pruning.registry import names
 from vtpexport.recipe import Recipe
-from vtpexport.shipped_recipes import EXAMPLES, published_fitprune, selector_examples, shipped_recipes, write_recipes
+from vtpexport.shipped_recipes import (
+    EXAMPLES,
+    published_fitprune,
+    schedule_examples,
+    selector_examples,
+    shipped_recipes,
+    write_recipes,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SHIPPED = {recipe.name: recipe for recipe in shipped_recipes()}
@@ -45,6 +52,18 @@ def test_every_selector_has_an_example_recipe_that_fits_its_model():
         recipe.check_model(architecture(recipe.model.name), recipe.model.name)
         assert recipe.visual_tokens(architecture(recipe.model.name), 576) is not None, f"{method} is adaptive"
         assert recipe.provenance["source"]
+
+
+def test_every_schedule_has_a_shipped_or_example_recipe_that_fits_its_model():
+    examples = {recipe.schedule.method: recipe for recipe in schedule_examples()}
+    shipped = {recipe.schedule.method for recipe in shipped_recipes()}
+    assert shipped | set(examples) == set(names("schedule")) and not shipped & set(examples)
+    for recipe in examples.values():
+        assert Recipe.load(RECIPES / EXAMPLES / f"{recipe.name}.yaml") == recipe
+        args = architecture(recipe.model.name)
+        recipe.check_model(args, recipe.model.name)
+        assert recipe.provenance["source"]
+    assert examples["dart-llm"].schedule.tokens_per_layer(576, 32)[2] == (132, 132)
 
 
 def test_regenerating_gives_identical_bytes(tmp_path):

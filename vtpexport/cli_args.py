@@ -157,7 +157,13 @@ CALIBRATION = [
         show_default=True,
         help="FitPrune: project FLOPs for the recipe (our fix) or per sample (the reference code).",
     ),
-    click.option("--fastv-layer", type=click.IntRange(1), default=2, show_default=True, help="FastV's K."),
+    click.option(
+        "--fastv-layer",
+        type=click.IntRange(1),
+        default=2,
+        show_default=True,
+        help="FastV's and dart-llm's K (tokens drop after layer K - 1).",
+    ),
     click.option(
         "--stage-layers", default=None, metavar="L1,L2,..", help="PyramidDrop stage ends (default L/4,L/2,3L/4)."
     ),

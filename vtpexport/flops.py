@@ -87,8 +87,11 @@ def paper_layer_macs(text: TextArgs, tokens: int, kept: int) -> int:
     return 3 * tokens * d * d + 2 * tokens * tokens * d + kept * d * d + 3 * kept * d * m
 
 
-def visual_plan(args: LlavaArgs, recipe: Recipe | None, n_image: int) -> list[tuple[int, int]]:
-    """Visual tokens per LLM layer, (entering, after its drop), for an image of n_image tokens.
+def visual_plan(
+    args: LlavaArgs, recipe: Recipe | None, n_image: int, image_size: tuple[int, int] | None = None
+) -> list[tuple[int, int]]:
+    """Visual tokens per LLM layer, (entering, after its drop), for an image of n_image tokens
+    (and of `image_size`, which a selector on LLaVA-NeXT tiles needs: see `Recipe.visual_tokens`).
 
     A selector sets the count entering the LLM; a schedule then prunes inside it. Raises
     UserError when the count is data-dependent (an adaptive selector).
@@ -96,7 +99,7 @@ def visual_plan(args: LlavaArgs, recipe: Recipe | None, n_image: int) -> list[tu
     if n_image < 0:
         raise UserError(f"visual token count must be >= 0, got {n_image}")
     num_layers = args.text.num_layers
-    n = n_image if recipe is None else recipe.visual_tokens(args, n_image)
+    n = n_image if recipe is None else recipe.visual_tokens(args, n_image, image_size)
     if n is None:
         raise UserError(
             f"recipe {recipe.name!r}: the adaptive {recipe.selector.method} selector keeps a data-dependent "
@@ -107,9 +110,11 @@ def visual_plan(args: LlavaArgs, recipe: Recipe | None, n_image: int) -> list[tu
     return recipe.schedule.tokens_per_layer(n, num_layers)
 
 
-def paper_flops(args: LlavaArgs, recipe: Recipe | None, n_image: int) -> FlopsReport:
+def paper_flops(
+    args: LlavaArgs, recipe: Recipe | None, n_image: int, image_size: tuple[int, int] | None = None
+) -> FlopsReport:
     """Paper-convention MACs (the papers' "FLOPs") of the LLM over visual tokens, per layer."""
-    plan = visual_plan(args, recipe, n_image)
+    plan = visual_plan(args, recipe, n_image, image_size)
     rows = tuple(
         LayerMacs(layer, tokens, kept, paper_layer_macs(args.text, tokens, kept))
         for layer, (tokens, kept) in enumerate(plan)
@@ -177,44 +182,70 @@ def _check_lengths(prefix_len: int, suffix_len: int, tiles: int) -> None:
 
 
 def prefill_layer_lengths(
-    args: LlavaArgs, recipe: Recipe | None, n_image: int, prefix_len: int, suffix_len: int
+    args: LlavaArgs,
+    recipe: Recipe | None,
+    n_image: int,
+    prefix_len: int,
+    suffix_len: int,
+    image_size: tuple[int, int] | None = None,
 ) -> list[tuple[int, int]]:
     """Sequence length per LLM layer in prefill, (entering, after its drop), text included."""
     text = prefix_len + suffix_len
-    return [(text + tokens, text + kept) for tokens, kept in visual_plan(args, recipe, n_image)]
+    return [(text + tokens, text + kept) for tokens, kept in visual_plan(args, recipe, n_image, image_size)]
 
 
 def exact_prefill_macs(
-    args: LlavaArgs, recipe: Recipe | None, n_image: int, prefix_len: int, suffix_len: int, tiles: int = 1
+    args: LlavaArgs,
+    recipe: Recipe | None,
+    n_image: int,
+    prefix_len: int,
+    suffix_len: int,
+    tiles: int = 1,
+    image_size: tuple[int, int] | None = None,
 ) -> ExactMacs:
     """Exact MACs of the whole model's prefill for one prompt (batch 1).
 
     n_image: visual tokens the image takes in the prompt before pruning (LLaVA-NeXT:
     `args.layout.num_tokens`); tiles: CLIP tiles the vision tower runs
-    (`args.layout.num_tiles`; 1 for LLaVA-1.5). lm_head runs on the last position only.
+    (`args.layout.num_tiles`; 1 for LLaVA-1.5); image_size: the image's (height, width), which
+    a selector on LLaVA-NeXT tiles needs. lm_head runs on the last position only.
     """
     _check_lengths(prefix_len, suffix_len, tiles)
     text, v = args.text, args.vision
     if recipe is not None and recipe.selector is not None:
-        if tiles > 1:
-            raise UserError("the exact count of a pre-LLM selector on LLaVA-NeXT tiles is not defined yet")
+        entering = visual_plan(args, recipe, n_image, image_size)[0][0]
+        if args.layout.tiled:
+            # Per tile: projected-space selectors project every tile patch; the others project the
+            # kept patches (the image_newline rows are a parameter, not projected).
+            rows = tiles * args.tokens_per_tile
+            kept = entering - len(args.layout.newline_position(image_size))
+        else:
+            rows, kept = n_image, entering
         # Selectors run before the projector, except those that compare projected tokens.
-        projected = n_image if recipe.selector.declaration.probe.projected else visual_plan(args, recipe, n_image)[0][0]
+        projected = rows if recipe.selector.declaration.probe.projected else kept
     else:
         projected = tiles * args.tokens_per_tile  # every tile's features, before anyres packing
     projector = projected * (v.hidden_size * text.hidden_size + text.hidden_size**2)
     vision, vision_attention = _vision_macs(args, tiles)
     llm = attention = 0
-    for length, kept in prefill_layer_lengths(args, recipe, n_image, prefix_len, suffix_len):
+    for length, kept in prefill_layer_lengths(args, recipe, n_image, prefix_len, suffix_len, image_size):
         linear, attn = _llm_layer_macs(text, length, kept, attention_pairs(length, text.sliding_window))
         llm, attention = llm + linear, attention + attn
     return ExactMacs(vision, projector, llm, vision_attention + attention, text.hidden_size * text.vocab_size)
 
 
-def cache_lengths(args: LlavaArgs, recipe: Recipe | None, n_image: int, prefix_len: int, suffix_len: int) -> list[int]:
+def cache_lengths(
+    args: LlavaArgs,
+    recipe: Recipe | None,
+    n_image: int,
+    prefix_len: int,
+    suffix_len: int,
+    image_size: tuple[int, int] | None = None,
+) -> list[int]:
     """KV-cache length per layer after prefill: every token that entered the layer (decode
     does not prune, so each layer keeps the length its pruned prefill left)."""
-    return [length for length, _ in prefill_layer_lengths(args, recipe, n_image, prefix_len, suffix_len)]
+    lengths = prefill_layer_lengths(args, recipe, n_image, prefix_len, suffix_len, image_size)
+    return [length for length, _ in lengths]
 
 
 def exact_decode_macs(args: LlavaArgs, past_lengths: Sequence[int]) -> ExactMacs:
@@ -275,11 +306,11 @@ def add_compute(compute: Compute, args: LlavaArgs, recipe: Recipe | None, image,
     n_image, tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
     counted = adaptive_counted(recipe, batch.num_image_tokens[row])
     text = (len(batch.parts[row].prefix_ids), len(batch.parts[row].suffix_ids))
-    paper = paper_flops(args, counted, n_image)
+    paper = paper_flops(args, counted, n_image, size)
     compute.samples += 1
     compute.paper_macs += paper.total
     compute.paper_unpruned_macs += paper.unpruned
-    compute.exact_prefill_macs += exact_prefill_macs(args, counted, n_image, *text, tiles).total
+    compute.exact_prefill_macs += exact_prefill_macs(args, counted, n_image, *text, tiles, size).total
     compute.exact_prefill_unpruned_macs += exact_prefill_macs(args, None, n_image, *text, tiles).total
     compute.image_tokens += n_image
     compute.entering_llm += batch.num_image_tokens[row]

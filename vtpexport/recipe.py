@@ -27,10 +27,11 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB; a bigger file is not one
 
 def check_selector(args: LlavaArgs, selector: SelectorSpec) -> None:
     """Refuse a selector the model's vision features cannot feed."""
-    if not args.layout.selectors:
+    refusal = selector.declaration.tiles_refusal
+    if args.layout.tiled and refusal is not None:
         raise UserError(
-            f"selector {selector.method} is not supported on {args.family}'s {args.layout.rule} images yet; "
-            f"use an in-LLM schedule ({', '.join(methods('schedule'))})"
+            f"selector {selector.method} does not run per tile on {args.family}'s {args.layout.rule} images: it "
+            f"{refusal}; use {_fitting(args)} or an in-LLM schedule ({', '.join(methods('schedule'))})"
         )
     probe = selector.declaration.probe
     if probe.cls_token and not args.cls_token:
@@ -58,7 +59,9 @@ def _fitting(args: LlavaArgs) -> str:
     return " / ".join(
         name
         for name, method in methods("selector").items()
-        if not (method.probe.cls_token and not args.cls_token) and not (method.probe.question and args.multipath)
+        if not (method.probe.cls_token and not args.cls_token)
+        and not (method.probe.question and args.multipath)
+        and not (args.layout.tiled and method.tiles_refusal is not None)
     )
 
 
@@ -94,10 +97,29 @@ class Recipe:
         if self.schedule:
             self.schedule.validate(args.text.num_layers)
 
-    def visual_tokens(self, args: LlavaArgs, n_image: int) -> int | None:
-        """Visual tokens entering the LLM for an image of n_image tokens (None if adaptive)."""
+    def visual_tokens(self, args: LlavaArgs, n_image: int, image_size: tuple[int, int] | None = None) -> int | None:
+        """Visual tokens entering the LLM for an image of n_image tokens (None if adaptive).
+        A selector on LLaVA-NeXT tiles keeps a count that follows from the image's (height,
+        width), `image_size`, not from n_image."""
         if self.selector is None:
             return n_image
+        keep = self.selector.output_tokens(args.vision.num_patches, args.vision.grid_size)
+        if keep is None or not args.layout.tiled:
+            return keep
+        if image_size is None:
+            raise UserError(
+                f"recipe {self.name!r}: {self.selector.method} keeps a count per tile on {args.family}'s "
+                f"{args.layout.rule} images, so the tokens entering the LLM follow from the image size, not from a "
+                "token count; count them at a size (vtpexport inspect --image-size HxW); calibrate does not solve "
+                "per-tile budgets yet"
+            )
+        return args.layout.selected_tokens(image_size, keep)
+
+    def tile_keep(self, args: LlavaArgs) -> int | None:
+        """Patches the selector keeps per tile (the vision graph's inputs follow from it); None
+        without a selector."""
+        if self.selector is None:
+            return None
         return self.selector.output_tokens(args.vision.num_patches, args.vision.grid_size)
 
     def to_dict(self) -> dict:

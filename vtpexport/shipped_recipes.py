@@ -63,6 +63,15 @@ SELECTOR_EXAMPLES = {
     "pool": (SelectorSpec("pool", tokens=144), "baseline: 2x2 average pooling of the 24x24 patch grid, 144 tokens"),
 }
 
+# Schedules without a default recipe in recipes/, one example each on llava-1.5-7b (N = 576).
+SCHEDULE_EXAMPLES = {
+    "dart-llm": (
+        ScheduleSpec("dart-llm", layer=2, ratio=0.7778),
+        "DART (Wen et al. 2025) in the LLM at K=2: R = 7/9 gives floor(576 * 2/9 / 8) = 16 tokens per pivot, "
+        "4 image pivots + 8 x 16 = 132 of 576, what the reference keeps at its default max_num_trunction 128",
+    ),
+}
+
 
 def published_fitprune() -> dict:
     """The published FitPrune data: {model: {"n_visual": N, "recipes": {cut%: [drop per layer]}}, ...}."""
@@ -128,6 +137,20 @@ def selector_examples(model: str = "llava-1.5-7b") -> list[Recipe]:
     ]
 
 
+def schedule_examples(model: str = "llava-1.5-7b") -> list[Recipe]:
+    """One recipe per schedule in SCHEDULE_EXAMPLES, the schedule alone."""
+    ref = model_ref(model)
+    return [
+        Recipe(
+            f"{name}-{model}",
+            ref,
+            schedule=spec,
+            provenance=new_provenance("vtpexport.shipped_recipes", created=CREATED, source=source),
+        )
+        for name, (spec, source) in SCHEDULE_EXAMPLES.items()
+    ]
+
+
 def shipped_recipes() -> list[Recipe]:
     """What recipes/ holds (the selector examples in its examples/ folder)."""
     recipes = [recipe for model in FITPRUNE_MODELS for recipe in fitprune_recipes(model)]
@@ -141,7 +164,7 @@ def write_recipes(folder: str | Path) -> list[Path]:
     paths = []
     (folder / EXAMPLES).mkdir(exist_ok=True)
     placed = [(recipe, folder) for recipe in shipped_recipes()]
-    placed += [(recipe, folder / EXAMPLES) for recipe in selector_examples()]
+    placed += [(recipe, folder / EXAMPLES) for recipe in selector_examples() + schedule_examples()]
     for recipe, where in placed:
         recipe.save(where / f"{recipe.name}.yaml")
         paths.append(where / f"{recipe.name}.yaml")

@@ -117,20 +117,20 @@ def recipe_flops(recipe, model_name: str | None, size: tuple[int, int] | None, p
     size = size or args.layout.reference_size()
     n_image, tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
     heading = f"{recipe.name} on {model_name} ({args.family}), {size[0]}x{size[1]} image: {n_image} visual tokens"
-    if recipe.visual_tokens(args, n_image) is None:
+    if recipe.visual_tokens(args, n_image, size) is None:
         return RecipeFlops(
             f"{heading}\nvisual tokens entering the LLM: data-dependent (adaptive {recipe.selector.method}); "
             "FLOPs unknown. Give the selector a fixed budget (tokens: K) to count them.",
             None,
         )
-    paper = paper_flops(args, recipe, n_image)
+    paper = paper_flops(args, recipe, n_image, size)
     text = (prefix_len, suffix_len)
     view = flops_view(
         heading,
         paper,
-        exact_prefill_macs(args, recipe, n_image, *text, tiles),
+        exact_prefill_macs(args, recipe, n_image, *text, tiles, size),
         exact_prefill_macs(args, None, n_image, *text, tiles),
-        exact_decode_macs(args, cache_lengths(args, recipe, n_image, *text)),
+        exact_decode_macs(args, cache_lengths(args, recipe, n_image, *text, size)),
         exact_decode_macs(args, cache_lengths(args, None, n_image, *text)),
         f"P={prefix_len} + T={suffix_len} text tokens, {tiles} CLIP tile{'s' if tiles > 1 else ''}",
     )

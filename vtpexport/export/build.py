@@ -213,11 +213,12 @@ def _manifest(model, model_spec, recipe, specs, expressions, ranges, limits, ops
     args = model.args
     schedule = recipe.schedule if recipe else None
     n_min, n_opt, n_max = image_token_range(args, None)
+    size = args.layout.typical_size()  # the image size of n_opt
     if _onnx_runtime_only(recipe):
         flops = {"image_tokens": n_opt, "data_dependent": "the adaptive selector's token count varies per image"}
     else:
-        paper = paper_flops(args, recipe, n_opt)
-        exact = exact_prefill_macs(args, recipe, n_opt, 32, 32)
+        paper = paper_flops(args, recipe, n_opt, size)
+        exact = exact_prefill_macs(args, recipe, n_opt, 32, 32, args.layout.num_tiles(size), size)
         flops = {
             "image_tokens": n_opt,
             "paper_convention_macs": paper.total,

@@ -50,6 +50,20 @@ class AnyresVisionGraph(nn.Module):
         return self.llava.pack_tiles(self.llava.tile_features(pixel_values), packing_index)[None]
 
 
+class AnyresSelectedVisionGraph(nn.Module):
+    """LLaVA-NeXT with a selector per tile: tiles [T, C, H, W], patch_position [T, P],
+    newline_position [R] and packing_index [m] -> image_embeds [1, m, D]."""
+
+    def __init__(self, llava: LlavaGraph, recipe: Recipe):
+        super().__init__()
+        self.llava = llava
+        self.selector = recipe.selector
+
+    def forward(self, pixel_values: Tensor, patch_position: Tensor, newline_position: Tensor, packing_index: Tensor):
+        inputs = (patch_position, newline_position, packing_index)
+        return self.llava.select_tile_tokens(pixel_values, self.selector, *inputs).embeds
+
+
 class VisionGraph(nn.Module):
     """LLaVA-1.5: pixels [B, C, H, W] (and text_embeds [B, P] for a text-guided selector)
     -> (image_embeds [B, k, D], patch_index [B, k])."""
@@ -71,6 +85,8 @@ class VisionGraph(nn.Module):
 
 def vision_graph(llava: LlavaGraph, recipe: Recipe | None, text_encoder: ClipTextEncoder | None) -> nn.Module:
     if llava.args.layout.tiled:
+        if recipe is not None and recipe.selector is not None:
+            return AnyresSelectedVisionGraph(llava, recipe)
         return AnyresVisionGraph(llava)
     return VisionGraph(llava, recipe, text_encoder.visual_projection if text_encoder is not None else None)
 

@@ -56,17 +56,26 @@ def text_encoder_spec(text: ClipTextArgs, dtype: str) -> GraphSpec:
     return GraphSpec("text_encoder", inputs, (TensorSpec("text_embeds", dtype, ("batch", text.projection_dim)),))
 
 
-def vision_spec(args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None, adaptive: bool = False) -> GraphSpec:
+def vision_spec(
+    args: LlavaArgs, dtype: str, text: ClipTextArgs | None = None, adaptive: bool = False, selected: bool = False
+) -> GraphSpec:
     """`text`: the CLIP text tower's arguments when the selector reads the question.
     `adaptive`: the selector's count depends on the image, so the graph takes one image at a time.
+    `selected`: a selector prunes (LLaVA-NeXT's tiled graph then takes more host indices).
     Pixels stay fp32 at every precision (the graph casts them): the host's preprocessing is one."""
     v, d = args.vision, args.text.hidden_size
     if args.layout.tiled:
-        inputs = (
-            TensorSpec("pixel_values", "float32", ("tiles", v.num_channels, v.image_size, v.image_size)),
-            TensorSpec("packing_index", "int64", ("image_tokens",)),
-        )
-        return GraphSpec("vision", inputs, (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
+        pixels = TensorSpec("pixel_values", "float32", ("tiles", v.num_channels, v.image_size, v.image_size))
+        # The layout's host-computed indices (`AnyresTiles.vision_inputs`): the packing, or with a
+        # selector, where each tile patch and image_newline sits and which kept rows make the image.
+        indices = (TensorSpec("packing_index", "int64", ("image_tokens",)),)
+        if selected:
+            indices = (
+                TensorSpec("patch_position", "int64", ("tiles", args.tokens_per_tile)),
+                TensorSpec("newline_position", "int64", ("grid_rows",)),
+                *indices,
+            )
+        return GraphSpec("vision", (pixels, *indices), (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
     batch = 1 if adaptive else "batch"
     # LLaVA-HR: pixels at its input_image_size (1024); the fast path's 448 copy is made in the graph.
     side = args.input_image_size
@@ -169,9 +178,10 @@ def graph_specs(
     if text_guided and text is None:
         raise ValueError(f"selector {recipe.selector.method} needs the CLIP text encoder's arguments")
     text = text if text_guided else None
-    adaptive = recipe is not None and recipe.selector is not None and recipe.selector.adaptive
+    selected = recipe is not None and recipe.selector is not None
+    adaptive = selected and recipe.selector.adaptive
     specs = (
-        vision_spec(args, dtype, text, adaptive),
+        vision_spec(args, dtype, text, adaptive, selected),
         llm_spec(args, recipe, dtype),
     )
     if text is not None:
@@ -182,9 +192,9 @@ def graph_specs(
 def image_token_range(args: LlavaArgs, recipe: Recipe | None) -> tuple[int, int, int]:
     """(min, opt, max) visual tokens entering the LLM."""
     if recipe is not None and recipe.selector is not None:
-        planned = recipe.visual_tokens(args, args.vision.num_patches)
-        if planned is not None:
-            return planned, planned, planned
+        keep = recipe.tile_keep(args)
+        if keep is not None:
+            return args.layout.token_range(keep)
         return 1, args.vision.num_patches // 8, args.vision.num_patches + 1
     return args.layout.token_range()
 
@@ -202,6 +212,8 @@ def dim_ranges(
     }
     if not args.layout.tiled:
         del ranges["tiles"]
+    elif recipe is not None and recipe.selector is not None:
+        ranges["grid_rows"] = args.layout.grid_rows_range()
     context, generation = (phase_ranges(args, recipe, limits)[phase] for phase in PHASES)
     for name in context:
         ranges[name] = tuple(f(context[name][i], generation[name][i]) for i, f in enumerate((min, max, max)))

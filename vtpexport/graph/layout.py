@@ -24,7 +24,6 @@ class ImageLayout:
 
     rule: str  # the manifest's image_tokens.rule
     tiled: bool  # the vision graph takes one image's tiles and a packing index, not a batch of images
-    selectors: bool  # token selectors apply (they score one tile's patches)
 
     def __init__(self, args: LlavaArgs):
         self.args = args
@@ -36,7 +35,6 @@ class SingleTile(ImageLayout):
 
     rule = "fixed"
     tiled = False
-    selectors = True
 
     def reference_size(self) -> tuple[int, int]:
         """(height, width) budgets and `inspect` count at by default: the native input."""
@@ -45,6 +43,10 @@ class SingleTile(ImageLayout):
     def num_tiles(self, image_size: tuple[int, int]) -> int:
         return 1
 
+    def typical_size(self) -> tuple[int, int]:
+        """The image size of `token_range`'s opt."""
+        return self.reference_size()
+
     def packing_index(self, image_size: tuple[int, int]) -> np.ndarray:
         return np.arange(self.args.tokens_per_tile, dtype=np.int64)
 
@@ -52,9 +54,13 @@ class SingleTile(ImageLayout):
         """Placeholders an image of (height, width) takes in the prompt."""
         return self.args.tokens_per_tile
 
-    def token_range(self) -> tuple[int, int, int]:
-        """(min, opt, max) unpruned visual tokens of an image."""
-        return (self.args.tokens_per_tile,) * 3
+    def selected_tokens(self, image_size: tuple[int, int], keep: int) -> int:
+        """Visual tokens of an image after a selector keeping `keep` patches of the tile."""
+        return keep
+
+    def token_range(self, keep: int | None = None) -> tuple[int, int, int]:
+        """(min, opt, max) visual tokens of an image: unpruned, or a selector's `keep` per tile."""
+        return (self.args.tokens_per_tile if keep is None else keep,) * 3
 
     def max_tiles(self) -> int:
         return 1
@@ -63,8 +69,9 @@ class SingleTile(ImageLayout):
         """An image size for export tracing."""
         return self.reference_size()
 
-    def vision_inputs(self, tiles: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, ...]:
-        """The unpruned vision graph's inputs for one image's tiles [T, C, H, W]."""
+    def vision_inputs(self, tiles: Tensor, image_size: tuple[int, int], keep: int | None = None) -> tuple[Tensor, ...]:
+        """The vision graph's inputs for one image's tiles [T, C, H, W]: unpruned, or with a
+        selector keeping `keep` patches per tile."""
         return (tiles,)
 
     def image_embeddings(self, graph, tiles: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -74,11 +81,17 @@ class SingleTile(ImageLayout):
 
 class AnyresTiles(ImageLayout):
     """LLaVA-NeXT: the base image plus a grid of high-resolution tiles picked from the grid
-    pinpoints, unpadded and packed with one image_newline per row; one image per vision call."""
+    pinpoints, unpadded and packed with one image_newline per row; one image per vision call.
+
+    A selector runs per tile, on the tile's patches that survive unpadding, and keeps
+    min(keep, those patches) of each (the budget rule `per_tile`: the same count for the base
+    tile and every high-resolution tile). Every image_newline is kept, and counted: the pruned
+    sequence is the unpruned one with the unselected patch tokens taken out, so each kept token
+    keeps its place relative to the rows. Counts are functions of the image size only.
+    """
 
     rule = "anyres"
     tiled = True
-    selectors = False  # scoring across tiles of one image is not built yet
 
     def reference_size(self) -> tuple[int, int]:
         """The largest tiling, as `vtpexport inspect` counts by default."""
@@ -117,12 +130,57 @@ class AnyresTiles(ImageLayout):
     def num_tokens(self, image_size: tuple[int, int]) -> int:
         return len(self.packing_index(image_size))
 
-    def token_range(self) -> tuple[int, int, int]:
+    def patch_position(self, image_size: tuple[int, int]) -> np.ndarray:
+        """[T, P]: where each tile patch sits in the unpruned token sequence; -1 where unpadding drops it."""
+        index = self.packing_index(image_size)
+        tile_rows = self.num_tiles(image_size) * self.args.tokens_per_tile
+        position = np.full(tile_rows + 1, -1, dtype=np.int64)  # the last row: image_newline, not a patch
+        position[index] = np.arange(len(index))
+        return position[:tile_rows].reshape(-1, self.args.tokens_per_tile)
+
+    def newline_position(self, image_size: tuple[int, int]) -> np.ndarray:
+        """[R]: where each image_newline sits in the unpruned token sequence (one per grid row)."""
+        index = self.packing_index(image_size)
+        return np.flatnonzero(index == self.num_tiles(image_size) * self.args.tokens_per_tile).astype(np.int64)
+
+    def kept_per_tile(self, image_size: tuple[int, int], keep: int) -> np.ndarray:
+        """[T]: patches a selector keeping `keep` per tile keeps of each tile (fewer where unpadding left fewer)."""
+        return np.minimum(keep, (self.patch_position(image_size) >= 0).sum(axis=1))
+
+    def selected_packing_index(self, image_size: tuple[int, int], keep: int) -> np.ndarray:
+        """Rows of cat(kept tokens [T * keep] (per tile, those of unpadded patches first), one
+        image_newline per grid row [R]) that make the pruned image, before they are put in the
+        unpruned sequence's order: each tile's first `kept_per_tile`, then every newline."""
+        tiles = [t * keep + np.arange(count) for t, count in enumerate(self.kept_per_tile(image_size, keep))]
+        tile_rows = self.num_tiles(image_size) * keep
+        newlines = tile_rows + np.arange(len(self.newline_position(image_size)))
+        return np.concatenate([*tiles, newlines]).astype(np.int64)
+
+    def selected_tokens(self, image_size: tuple[int, int], keep: int) -> int:
+        return len(self.selected_packing_index(image_size, keep))
+
+    def covering_sizes(self) -> list[tuple[int, int]]:
+        """Image sizes whose counts bound every image's: aspect ratios from 1:10 to 10:1 cover
+        every tile grid and unpadding the pinpoints allow."""
         side = self.args.vision.image_size
-        # Aspect ratios from 1:10 to 10:1 cover every tile grid and unpadding the pinpoints allow.
-        counts = [self.num_tokens((side * 10, side * w // 10 or 1)) for w in range(10, 101)]
-        counts += [self.num_tokens((side * h // 10 or 1, side * 10)) for h in range(10, 101)]
-        return min(counts), self.num_tokens((side * 2, side * 2)), max(counts)
+        sizes = [(side * 10, side * w // 10 or 1) for w in range(10, 101)]
+        return sizes + [(side * h // 10 or 1, side * 10) for h in range(10, 101)]
+
+    def token_range(self, keep: int | None = None) -> tuple[int, int, int]:
+        def count(size: tuple[int, int]) -> int:
+            return self.num_tokens(size) if keep is None else self.selected_tokens(size, keep)
+
+        counts = [count(size) for size in self.covering_sizes()]
+        return min(counts), count(self.typical_size()), max(counts)
+
+    def typical_size(self) -> tuple[int, int]:
+        """The image size of `token_range`'s opt: a 2x2 tile grid."""
+        return (self.args.vision.image_size * 2,) * 2
+
+    def grid_rows_range(self) -> tuple[int, int, int]:
+        """(min, opt, max) image_newline tokens (unpadded high-resolution feature rows) of an image."""
+        rows = [len(self.newline_position(size)) for size in self.covering_sizes()]
+        return min(rows), len(self.newline_position(self.typical_size())), max(rows)
 
     def max_tiles(self) -> int:
         tile = self.args.vision.image_size
@@ -132,8 +190,15 @@ class AnyresTiles(ImageLayout):
         side = self.args.vision.image_size
         return (side * 2, side)  # a 2x1 tile grid: tiles and image tokens both vary
 
-    def vision_inputs(self, tiles: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, ...]:
-        return (tiles, torch.from_numpy(self.packing_index(image_size)))
+    def vision_inputs(self, tiles: Tensor, image_size: tuple[int, int], keep: int | None = None) -> tuple[Tensor, ...]:
+        if keep is None:
+            return (tiles, torch.from_numpy(self.packing_index(image_size)))
+        return (
+            tiles,
+            torch.from_numpy(self.patch_position(image_size)),
+            torch.from_numpy(self.newline_position(image_size)),
+            torch.from_numpy(self.selected_packing_index(image_size, keep)),
+        )
 
     def image_embeddings(self, graph, tiles: Tensor, image_size: tuple[int, int]) -> Tensor:
         index = torch.from_numpy(self.packing_index(image_size)).to(tiles.device)

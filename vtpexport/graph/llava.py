@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..pruning.ops import gather_tokens
 from ..pruning.registry import SelectorInputs, SelectorSpec
 from .args import LlavaArgs
 from .decoder import Decoder, LayerCache, PrefillOutput
@@ -56,6 +57,47 @@ class LlavaGraph(nn.Module):
         Adaptive counts are per image, so those run one image at a time (B = 1). Text-guided
         selectors take the question's CLIP text embeddings [B, P] and CLIP's visual projection.
         """
+        return self._select(pixel_values, selector, text_embeds, visual_projection)
+
+    def select_tile_tokens(
+        self,
+        tiles: Tensor,
+        selector: SelectorSpec,
+        patch_position: Tensor,
+        newline_position: Tensor,
+        packing_index: Tensor,
+    ) -> ImageTokens:
+        """LLaVA-NeXT: one image's tiles [T, C, H, W] -> its pruned visual tokens [1, m, D_text],
+        with the place [1, m] each had in the unpruned token sequence.
+
+        The selector runs on each tile (a batch of T), among the patches unpadding keeps
+        (patch_position [T, P] >= 0: their place in the unpruned sequence), `keep` per tile. The
+        layout's packing_index [m] (host-computed from the image size, `AnyresTiles.
+        selected_packing_index`) takes each tile's kept patches and every image_newline
+        (newline_position [R]); they enter in the unpruned sequence's order.
+        """
+        valid = patch_position >= 0
+        selection = self._select(tiles, selector, valid=valid)  # [T, K, D], patch_index [T, K]
+        # Sequence positions as float sort keys (exact below 2^24; TensorRT's TopK takes no int64).
+        position = patch_position.gather(1, selection.patch_index).float()
+        # Each tile's kept patches that unpadding keeps first (in sequence order), then the rest,
+        # which packing_index leaves out: a tile with fewer than `keep` such patches gives them all.
+        position, order = torch.sort(position.masked_fill(position < 0, float("inf")), dim=-1)
+        tokens = gather_tokens(selection.embeds, order).flatten(0, 1)
+        newline = self.image_newline[None].to(tokens.dtype).expand(newline_position.shape[0], -1)
+        rows = torch.cat([tokens, newline]).index_select(0, packing_index)
+        keys = torch.cat([position.flatten(), newline_position.float()]).index_select(0, packing_index)
+        keys, order = torch.sort(keys)
+        return ImageTokens(rows.index_select(0, order)[None], keys.long()[None])
+
+    def _select(
+        self,
+        pixel_values: Tensor,
+        selector: SelectorSpec,
+        text_embeds: Tensor | None = None,
+        visual_projection: nn.Module | None = None,
+        valid: Tensor | None = None,
+    ) -> ImageTokens:
         a = self.args
         method = selector.declaration
         probe = method.probe
@@ -78,6 +120,7 @@ class LlavaGraph(nn.Module):
             query=out.query,
             key=out.key,
             text_embeds=text_embeds,
+            valid=valid,
         )
         if probe.question:
             hidden = out.last_hidden if probe.question_layer == "last" else out.features

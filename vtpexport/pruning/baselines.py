@@ -17,30 +17,50 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..schema import Field
-from .ops import gather_tokens
-from .registry import COUNT, CountSelector, Selection, Selector, SelectorInputs, SelectorSpec, register
+from .ops import gather_tokens, topk_ascending
+from .registry import COUNT, TILES, CountSelector, Selection, Selector, SelectorInputs, SelectorSpec, register
 
 RANDOM_SEED = 0
 
 
-def random_patches(num_patches: int, keep: int, seed: int = RANDOM_SEED) -> Tensor:
-    """`keep` of `num_patches` patch indices drawn uniformly without replacement, in raster order.
+def random_order(num_patches: int, seed: int = RANDOM_SEED) -> np.ndarray:
+    """One uniform permutation of the patch indices: the draw order of every random selection.
 
     One draw, the same for every image: a per-image draw would put a random op in the graph,
     which no serving stack reproduces and `verify` could not compare with the eager reference.
-    Drawn with numpy, so the export traces a constant index, not a random op."""
-    return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(num_patches)[:keep]))
+    Drawn with numpy, so the export traces a constant, not a random op."""
+    return np.random.default_rng(seed).permutation(num_patches)
+
+
+def random_patches(num_patches: int, keep: int, seed: int = RANDOM_SEED) -> Tensor:
+    """`keep` of `num_patches` patch indices drawn uniformly without replacement, in raster order."""
+    return torch.from_numpy(np.sort(random_order(num_patches, seed)[:keep]))
+
+
+def random_valid_patches(valid: Tensor, keep: int, seed: int = RANDOM_SEED) -> Tensor:
+    """[B, keep]: the first `keep` patches of the draw order that `valid` [B, N] allows (then the
+    others, in draw order, when fewer are allowed), in raster order."""
+    n = valid.shape[1]
+    rank = torch.empty(n, dtype=torch.float32)
+    rank[torch.from_numpy(random_order(n, seed))] = torch.arange(n, dtype=torch.float32)
+    rank = rank.to(valid.device)
+    return topk_ascending(torch.where(valid, -rank, -rank - n), keep)
 
 
 @register
 class RandomPatches(CountSelector):
     name = "random"
     summary = "keep `tokens` patches drawn uniformly at random (one seeded draw, the same for every image)"
+    fields = CountSelector.fields | TILES
+    tiles_refusal = None
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         patches = inputs.patches
-        kept = random_patches(patches.shape[1], self.output_tokens(spec, patches.shape[1], inputs.grid_size))
-        kept = kept.to(patches.device)[None].expand(patches.shape[0], -1)
+        keep = self.output_tokens(spec, patches.shape[1], inputs.grid_size)
+        if inputs.valid is not None:  # a TopK over the draw order, as the allowed patches differ per tile
+            kept = random_valid_patches(inputs.valid, keep)
+        else:
+            kept = random_patches(patches.shape[1], keep).to(patches.device)[None].expand(patches.shape[0], -1)
         return Selection(gather_tokens(patches, kept), kept)
 
 
@@ -49,6 +69,7 @@ class PooledGrid(Selector):
     name = "pool"
     summary = "average-pool the patch grid into `tokens` = m x m cells (m dividing the grid side)"
     fields = {"tokens": Field(COUNT)}
+    tiles_refusal = "averages whole m x m windows of the patch grid, and unpadding cuts LLaVA-NeXT's edge tiles"
 
     def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
         side = math.isqrt(spec.tokens)

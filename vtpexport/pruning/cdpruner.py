@@ -72,6 +72,7 @@ class CDPruner(CountSelector):
     name = "cdpruner"
     summary = "keep `tokens` projected tokens by greedy MAP of a DPP conditioned on the question (CDPruner)"
     probe = VisionProbe(question=True, question_layer="feature", projected=True)
+    tiles_refusal = "conditions one DPP on the question over the whole image (a per-tile DPP is not built)"
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         projected = inputs.projected

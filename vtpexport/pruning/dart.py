@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import gather_tokens
-from .registry import CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
+from .ops import gather_tokens, masked_scores
+from .registry import TILES, CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
 
 # The reference's default pivots for LLaVA are 4 image + 4 question tokens; before the LLM
 # all 8 are image tokens.
@@ -32,11 +32,18 @@ def pivot_quotas(tokens: int, pivots: int) -> list[int]:
     return [spare + (rank < extra) for rank in range(pivots)]
 
 
-def dart_keep(features: Tensor, tokens: int) -> Tensor:
-    """Kept indices [B, tokens] (tokens <= N) of features [B, N, C], in raster order."""
+def dart_keep(features: Tensor, tokens: int, valid: Tensor | None = None) -> Tensor:
+    """Kept indices [B, tokens] (tokens <= N) of features [B, N, C], in raster order.
+
+    With `valid` [B, N], pivots and picks are the valid tokens' (invalid ones only fill a budget
+    larger than the valid tokens, never repeating a pick)."""
     x = features.to(torch.promote_types(features.dtype, torch.float32))
     pivots = min(PIVOTS, tokens)
-    pivot_index = torch.topk(x.abs().sum(dim=-1), pivots, dim=-1).indices  # largest L1 norm first
+
+    def allowed(scores: Tensor) -> Tensor:  # invalid tokens below every valid one, above a pick
+        return scores if valid is None else masked_scores(scores, valid)
+
+    pivot_index = torch.topk(allowed(x.abs().sum(dim=-1)), pivots, dim=-1).indices  # largest L1 norm first
     kept = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device).scatter(1, pivot_index, True)
     unit = F.normalize(x, dim=-1)
     picks = [pivot_index]
@@ -45,7 +52,7 @@ def dart_keep(features: Tensor, tokens: int) -> Tensor:
             break
         pivot = gather_tokens(unit, pivot_index[:, rank : rank + 1])  # [B, 1, C]
         dissimilarity = -(pivot @ unit.transpose(-1, -2))[:, 0]
-        pick = torch.topk(dissimilarity.masked_fill(kept, float("-inf")), quota, dim=-1).indices
+        pick = torch.topk(allowed(dissimilarity).masked_fill(kept, float("-inf")), quota, dim=-1).indices
         kept = kept.scatter(1, pick, True)
         picks.append(pick)
     return torch.sort(torch.cat(picks, dim=-1), dim=-1).values
@@ -55,9 +62,11 @@ def dart_keep(features: Tensor, tokens: int) -> Tensor:
 class Dart(CountSelector):
     name = "dart"
     summary = "keep 8 pivot tokens of largest L1 norm and the tokens least cosine-similar to them (DART, pre-LLM)"
+    fields = CountSelector.fields | TILES
     probe = VisionProbe(projected=True)
+    tiles_refusal = None
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         projected = inputs.projected
-        kept = dart_keep(projected, self.output_tokens(spec, projected.shape[1], inputs.grid_size))
+        kept = dart_keep(projected, self.output_tokens(spec, projected.shape[1], inputs.grid_size), inputs.valid)
         return Selection(gather_tokens(projected, kept), kept)

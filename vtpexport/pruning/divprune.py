@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import gather_tokens
-from .registry import CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
+from .ops import gather_tokens, masked_scores
+from .registry import TILES, CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
 
 
 def cosine_distance(features: Tensor) -> Tensor:
@@ -26,17 +26,23 @@ def cosine_distance(features: Tensor) -> Tensor:
     return 1.0 - x @ x.transpose(-1, -2)
 
 
-def divprune_picks(features: Tensor, tokens: int) -> Tensor:
-    """The greedy max-min picks [B, tokens] (tokens >= 1) of features [B, N, C], in selection order."""
+def divprune_picks(features: Tensor, tokens: int, valid: Tensor | None = None) -> Tensor:
+    """The greedy max-min picks [B, tokens] (tokens >= 1) of features [B, N, C], in selection order.
+
+    With `valid` [B, N], the problem is that of the valid tokens alone; once they are all picked,
+    the invalid ones follow (distinct, so the picks never repeat)."""
     distance = cosine_distance(features)
     itself = torch.eye(distance.shape[-1], dtype=torch.bool, device=distance.device)
+    others = itself if valid is None else itself | ~valid[:, :, None]
     # First: column j's smallest distance to another token (the reference takes its
     # second-smallest entry, the smallest being the ~0 self-distance).
-    score = distance.masked_fill(itself, float("inf")).amin(dim=-2)
+    score = distance.masked_fill(others, float("inf")).amin(dim=-2)
     nearest = torch.full_like(score, float("inf"))  # each token's distance to its nearest pick
     picked = torch.zeros_like(score, dtype=torch.bool)
     picks = []
     for _ in range(tokens):
+        if valid is not None:  # below every valid score, above a pick's
+            score = masked_scores(score, valid)
         # A pick is never picked again (the reference relies on its ~0 self-distance for that).
         pick = score.masked_fill(picked, float("-inf")).argmax(dim=-1)
         picks.append(pick)
@@ -50,10 +56,12 @@ def divprune_picks(features: Tensor, tokens: int) -> Tensor:
 class DivPrune(CountSelector):
     name = "divprune"
     summary = "keep `tokens` projected tokens by greedy max-min cosine diversity (DivPrune), raster order"
+    fields = CountSelector.fields | TILES
     probe = VisionProbe(projected=True)
+    tiles_refusal = None
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         projected = inputs.projected
         keep = self.output_tokens(spec, projected.shape[1], inputs.grid_size)
-        kept = torch.sort(divprune_picks(projected, keep), dim=-1).values
+        kept = torch.sort(divprune_picks(projected, keep, inputs.valid), dim=-1).values
         return Selection(gather_tokens(projected, kept), kept)

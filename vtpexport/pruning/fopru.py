@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ..schema import Field
-from .ops import gather_tokens, topk_ascending
-from .registry import RATIO, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, ratio, register
+from .ops import gather_tokens, masked_scores, topk_ascending
+from .registry import RATIO, TILES, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, ratio, register
 
 
 def fopru_significance(attn_probs: Tensor, cls_tokens: int = 1) -> Tensor:
@@ -42,12 +42,15 @@ def fopru_row(significance: Tensor, grid_size: int, keep_rows: int) -> Tensor:
 class _FoPru(Selector):
     fields = {"ratio": Field(RATIO)}  # the share of tokens (rank) or grid rows (row) kept
     probe = VisionProbe(attention=True)
+    tiles_refusal = "keeps whole patch-grid rows, and unpadding cuts the rows of LLaVA-NeXT's edge tiles"
 
     def kept(self, significance: Tensor, keep: int, grid_size: int) -> Tensor:
         raise NotImplementedError
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         significance = fopru_significance(inputs.attn_probs, inputs.cls_tokens)
+        if inputs.valid is not None:  # patches unpadding dropped rank below every kept one
+            significance = masked_scores(significance, inputs.valid)
         n, grid = inputs.patches.shape[1], inputs.grid_size
         kept = self.kept(significance, self.output_tokens(spec, n, grid), grid)
         return Selection(gather_tokens(inputs.patches, kept), kept)
@@ -57,6 +60,8 @@ class _FoPru(Selector):
 class FoPruRank(_FoPru):
     name = "fopru-rank"
     summary = "keep the floor(N ratio) tokens of highest significance (vision-encoder attention)"
+    fields = _FoPru.fields | TILES
+    tiles_refusal = None
 
     def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
         r = ratio(spec.ratio)

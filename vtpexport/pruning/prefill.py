@@ -64,8 +64,13 @@ class ImageDropHook(PrefillHook):
     def drop(self, index: int, seq: Sequence, keep: int, scores: Callable[[], Tensor]) -> tuple[Sequence, Tensor]:
         """Keep `keep` image tokens, the top of `scores()` [B, n] (called only when scoring);
         returns the new sequence and the kept rows of the old one."""
+        return self.drop_chosen(index, seq, lambda: topk_ascending(scores(), keep))
+
+    def drop_chosen(self, index: int, seq: Sequence, choose: Callable[[], Tensor]) -> tuple[Sequence, Tensor]:
+        """Keep the image tokens `choose()` [B, k] (ascending indices into the image part; called
+        only when scoring); returns the new sequence and the kept rows of the old one."""
         if self.scoring:
-            kept = topk_ascending(scores(), keep)
+            kept = choose()
         else:
             kept = torch.searchsorted(seq.image_ids.contiguous(), self.replay[index])
         seq, rows = seq.keep_image(kept, self.renumber)

@@ -112,6 +112,10 @@ class _PruMerge(Selector):
     # tokens: a fixed count kept (none: adaptive, the IQR outliers); order: raster (ours) or score (reference).
     fields = {"tokens": Field(NULLABLE_COUNT, required=False), "order": Field(ORDER, required=False)}
     probe = VisionProbe(cls_qk=True, cls_token=True)
+    tiles_refusal = (
+        "merges every patch of one whole CLIP image into its kept tokens, and its fixed form samples a grid "
+        "over all of the image's patches; on LLaVA-NeXT's tiles, which unpadding cuts, neither is defined"
+    )
 
     def adaptive(self, spec: SelectorSpec) -> bool:
         return spec.tokens is None

@@ -122,6 +122,7 @@ class Recover(Selector):
     fields = {key: Field(NULLABLE_COUNT, required=False) for key in ("tokens", "text_tokens", "merge_tokens")}
     rules = (all_or_none("tokens", "text_tokens", "merge_tokens"),)
     probe = VisionProbe(cls_qk=True, question=True, cls_token=True)
+    tiles_refusal = "starts from PruMerge's CLS outliers and merges over one whole CLIP image (not built per tile)"
 
     def adaptive(self, spec: SelectorSpec) -> bool:
         return spec.tokens is None

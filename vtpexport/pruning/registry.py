@@ -39,6 +39,10 @@ SHARE = Number(0, 1)  # a share dropped or kept, 0 and 1 included
 COUNT = Int(0)
 NULLABLE_COUNT = Nullable(COUNT)
 ORDER = Text(choices=("raster", "score"))
+# How a selector's count splits over an image's tiles (LLaVA-NeXT): `per_tile`, the same count in
+# the base tile and in every high-resolution tile (see graph/layout.py, AnyresTiles).
+TILE_RULE = Text(choices=("per_tile",))
+TILES = {"tiles": Field(TILE_RULE, required=False)}  # the field of every selector that runs per tile
 
 
 def all_or_none(*keys: str) -> Rule:
@@ -66,6 +70,7 @@ class SelectorSpec:
     order: str = "raster"
     text_tokens: int | None = None
     merge_tokens: int | None = None
+    tiles: str = "per_tile"
 
     @property
     def declaration(self) -> Selector:
@@ -171,6 +176,9 @@ class SelectorInputs:
     patch_embeds: Tensor | None = None  # [B, N, P]
     text_embeds: Tensor | None = None  # [B, P]
     projected: Tensor | None = None  # [B, N, D_text]
+    # [B, N]: the patches a selector may keep (None: all). LLaVA-NeXT's unpadding drops the rest
+    # of a tile; a selector that runs on tiles keeps these first, and at most `keep` of them.
+    valid: Tensor | None = None
 
 
 @dataclass
@@ -184,6 +192,8 @@ class Selection:
 class Selector(Method):
     kind = "selector"
     probe: ClassVar[VisionProbe] = VisionProbe()
+    # Why the method cannot run per LLaVA-NeXT tile (None: it can, reading `SelectorInputs.valid`).
+    tiles_refusal: ClassVar[str | None] = "is not built for tiles (not yet)"
 
     def adaptive(self, spec: SelectorSpec) -> bool:
         return False

@@ -17,10 +17,15 @@ from .batch import PreparedBatch, Runner, build_batch, image_tiles
 
 @torch.no_grad()
 def selected_image_tokens(model: LoadedModel, image: Image.Image, recipe: Recipe, question: str | None) -> ImageTokens:
-    """The recipe's selector applied to a LLaVA-1.5 image (a text-guided one reads the question)."""
+    """The recipe's selector applied to an image (a text-guided one reads the question). On
+    LLaVA-NeXT tiles, `patch_index` is each kept token's place in the unpruned token sequence."""
     device = model.graph.decoder.embed_tokens.weight.device
-    tiles, _ = image_tiles(model.image_processor, model.args, image)
+    tiles, size = image_tiles(model.image_processor, model.args, image)
     tiles = tiles.to(device)
+    layout = model.args.layout
+    if layout.tiled:
+        inputs = [t.to(device) for t in layout.vision_inputs(tiles, size, recipe.tile_keep(model.args))[1:]]
+        return model.graph.select_tile_tokens(tiles, recipe.selector, *inputs)
     if not recipe.selector.text_guided:
         return model.graph.select_image_tokens(tiles, recipe.selector)
     encoder = model.text_encoder

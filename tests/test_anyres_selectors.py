@@ -1,0 +1,161 @@
+"""Selectors on LLaVA-NeXT anyres images, per tile: against oracles that pick each tile's kept
+patches among those the unpruned packing holds (the method's own oracle on that subset) and
+take them out of the unpruned token sequence, newlines kept; counts that follow from the
+image size alone; refusals that give the reason; export (ONNX Runtime == eager, TensorRT lint)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from test_dart import pivot_oracle
+from test_divprune import max_min_oracle
+from torch.utils.flop_counter import FlopCounterMode
+
+from vtpexport.errors import UserError
+from vtpexport.export.lint import lint_export
+from vtpexport.models.loader import architecture
+from vtpexport.pruning.fopru import fopru_significance
+from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
+from vtpexport.verify import verify_export
+
+# (height, width): square, wide and tall grids, unpadding of rows and of columns, 1:5 extremes.
+SIZES = [(64, 64), (64, 40), (30, 90), (33, 64), (100, 20), (20, 100), (40, 70)]
+
+
+def tile_oracle(method: str, graph, tiles: torch.Tensor, tile: int, allowed: list[int], keep: int) -> set[int]:
+    """The patches of tile `tile` the method keeps when it sees only `allowed` (raster indices)."""
+    count = min(keep, len(allowed))
+    if method == "random":  # the first of the seeded draw order that the tile holds
+        order = np.random.default_rng(0).permutation(graph.args.tokens_per_tile)
+        return set([p for p in order.tolist() if p in allowed][:count])
+    if method == "fopru-rank":  # the tile's significance (its ViT saw the whole tile), ranked among allowed
+        layer = graph.args.feature_layer_index
+        probs = graph.vision(tiles[tile : tile + 1], feature_layer=layer, attn_layer=layer).attn_probs
+        significance = fopru_significance(probs, 1)[0].tolist()
+        return set(sorted(allowed, key=lambda p: (-significance[p], p))[:count])
+    features = graph.tile_features(tiles[tile : tile + 1])[0, allowed].double().numpy()
+    oracle = {"divprune": max_min_oracle, "dart": pivot_oracle}[method]
+    return {allowed[i] for i in oracle(features, count)}
+
+
+SPECS = {
+    "divprune": SelectorSpec("divprune", tokens=6),
+    "dart": SelectorSpec("dart", tokens=10),
+    "random": SelectorSpec("random", tokens=5),
+    "fopru-rank": SelectorSpec("fopru-rank", ratio=0.5),
+}
+
+
+@pytest.mark.parametrize("method", sorted(SPECS))
+def test_per_tile_selection_is_the_unpruned_sequence_less_the_unkept_patches(tiny_models, method):
+    graph = tiny_models["tiny-llava-next"].graph
+    layout, per_tile = graph.args.layout, graph.args.tokens_per_tile
+    spec = SPECS[method]
+    keep = spec.output_tokens(per_tile, graph.args.vision.grid_size)
+    generator = torch.Generator().manual_seed(3)
+    for size in SIZES:
+        num_tiles = layout.num_tiles(size)
+        tiles = torch.randn(num_tiles, 3, 32, 32, generator=generator)
+        packing = layout.packing_index(size).tolist()
+        newline_row = num_tiles * per_tile
+        with torch.no_grad():
+            unpruned = layout.image_embeddings(graph, tiles, size)
+            kept = set()
+            for tile in range(num_tiles):
+                allowed = sorted(row - tile * per_tile for row in packing if row // per_tile == tile < num_tiles)
+                kept |= {tile * per_tile + p for p in tile_oracle(method, graph, tiles, tile, allowed, keep)}
+            pruned = graph.select_tile_tokens(tiles, spec, *layout.vision_inputs(tiles, size, keep)[1:])
+        expected = [i for i, row in enumerate(packing) if row == newline_row or row in kept]
+        assert pruned.patch_index[0].tolist() == expected, (method, size)
+        assert len(expected) == layout.selected_tokens(size, keep), size
+        torch.testing.assert_close(pruned.embeds[0], unpruned[expected], atol=0, rtol=0, msg=f"{method} at {size}")
+
+
+def test_kept_counts_are_a_function_of_the_image_size_only():
+    """min(keep, the tile's patches left by unpadding) per tile, plus every image_newline."""
+    args = architecture("tiny-llava-next")
+    layout, per_tile = args.layout, args.tokens_per_tile
+    for keep in (1, 5, 16):
+        for size in SIZES + [(h, w) for h in (17, 45, 96) for w in (13, 64, 95)]:
+            packing = layout.packing_index(size)
+            rows = int((packing == layout.num_tiles(size) * per_tile).sum())
+            patches = np.bincount(packing[packing < layout.num_tiles(size) * per_tile] // per_tile)
+            assert layout.selected_tokens(size, keep) == int(np.minimum(keep, patches).sum()) + rows
+        low, _, high = layout.token_range(keep)
+        assert low == min(layout.selected_tokens(s, keep) for s in layout.covering_sizes())
+        assert high == max(layout.selected_tokens(s, keep) for s in layout.covering_sizes())
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        (SelectorSpec("prumerge", tokens=4), "merges every patch of one whole CLIP image"),
+        (SelectorSpec("prumerge+", tokens=4), "its fixed form samples a grid over all of the image's patches"),
+        (SelectorSpec("pool", tokens=4), "averages whole m x m windows"),
+        (SelectorSpec("fopru-row", ratio=0.5), "keeps whole patch-grid rows"),
+        (SelectorSpec("cdpruner", tokens=4), "conditions one DPP on the question"),
+        (SelectorSpec("recover", tokens=2, text_tokens=2, merge_tokens=1), "starts from PruMerge's CLS outliers"),
+    ],
+)
+def test_selectors_that_cannot_run_per_tile_are_refused_with_the_reason(spec, reason):
+    args = architecture("tiny-llava-next")
+    recipe = Recipe("r", ModelRef(args.family, "tiny-llava-next", args.config_hash()), spec)
+    with pytest.raises(
+        UserError, match=f"selector {re.escape(spec.method)} does not run per tile .*{reason}.*use dart / "
+    ):
+        recipe.check_model(args, "tiny-llava-next")
+
+
+@pytest.mark.parametrize("method", ["divprune", "fopru-rank"])
+def test_per_tile_export_matches_eager_and_lints_for_tensorrt(exports, method):
+    """A projected-space selector and an attention-probe one; the build lints for TensorRT."""
+    spec = SPECS[method]
+    folder = exports("tiny-llava-next", f"{method}-tiles", selector=spec)
+    report = verify_export(folder, max_new_tokens=8)
+    assert report.passed, report
+    args = architecture("tiny-llava-next")
+    keep = spec.output_tokens(args.tokens_per_tile, args.vision.grid_size)
+    dims = json.loads((folder / "manifest.json").read_text())["dims"]
+    assert dims["image_tokens"]["max"] == args.layout.token_range(keep)[2]
+    assert dims["grid_rows"] == dict(zip(("min", "opt", "max"), args.layout.grid_rows_range(), strict=True))
+    result = lint_export(folder)
+    assert not result.issues, result.summary()
+    assert all(g.attention_layers == g.fusable > 0 for g in result.graphs), result.summary()
+
+
+def test_the_recipe_states_the_tile_budget_rule(tmp_path):
+    args = architecture("tiny-llava-next")
+    ref = ModelRef(args.family, "tiny-llava-next", args.config_hash())
+    Recipe("r", ref, SPECS["dart"]).save(tmp_path / "r.yaml")
+    text = (tmp_path / "r.yaml").read_text()
+    assert "tiles: per_tile" in text
+    (tmp_path / "bad.yaml").write_text(text.replace("tiles: per_tile", "tiles: proportional"))
+    with pytest.raises(UserError, match="tiles.*per_tile"):
+        Recipe.load(tmp_path / "bad.yaml")
+    (tmp_path / "old.yaml").write_text(text.replace("  tiles: per_tile\n", ""))  # recipes written before the field
+    assert Recipe.load(tmp_path / "old.yaml").selector == SPECS["dart"]
+
+
+@pytest.mark.parametrize("method", ["divprune", "random"])
+def test_exact_count_equals_flop_counter_per_tile(tiny_models, method):
+    """The projector runs on every tile patch for a projected-space selector, on the kept ones
+    otherwise; the LLM on the kept tokens and every newline."""
+    from test_flops import counted
+
+    from vtpexport.flops import exact_prefill_macs
+
+    graph = tiny_models["tiny-llava-next"].graph
+    args, size = graph.args, (40, 70)
+    spec = SPECS[method]
+    keep = spec.output_tokens(args.tokens_per_tile, args.vision.grid_size)
+    recipe = Recipe("r", ModelRef(args.family, "tiny-llava-next", args.config_hash()), spec)
+    tiles = torch.randn(args.layout.num_tiles(size), 3, 32, 32)
+    ids, ones = torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)
+    with torch.no_grad(), FlopCounterMode(display=False) as mode:
+        embeds = graph.select_tile_tokens(tiles, spec, *args.layout.vision_inputs(tiles, size, keep)[1:]).embeds
+        graph.prefill(ids, embeds, ids, ones, torch.ones(1, embeds.shape[1], dtype=torch.long), ones)
+    n_image, num_tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
+    exact = exact_prefill_macs(args, recipe, n_image, 5, 5, num_tiles, size)
+    assert counted(mode)[0] == exact.total - exact.attention
