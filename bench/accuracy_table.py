@@ -5,7 +5,10 @@ For each target share s of the image's visual tokens, one recipe per method:
   budget is what keeping s of the visual tokens in every LLM layer would cost (paper convention),
   so the schedules spend about the compute of s of the tokens; the tokens they really attend per
   layer are measured and printed beside the accuracy. FastV prunes after layer K = 2 of 32 in
-  its paper; here K scales with depth (L / 16, at least 1) as PyramidDrop's stages do;
+  its paper; here K scales with depth (L / 16, at least 1) as PyramidDrop's stages do.
+  PyramidDrop's paper stages (L/4, L/2, 3L/4) see every token in the first quarter of the layers,
+  so they cannot spend less than about 25%; below that its three stages start at FastV's K and
+  split the remaining layers evenly (a note under the table says where);
 - FoPru-rank: the selector keeps floor(N * s) tokens;
 - PruMerge (fixed-budget form): keeps round(N * s) - 1 tokens plus its one merged token;
 - DivPrune, CDPruner (which reads the question through CLIP's text tower) and DART's pre-LLM
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -53,7 +57,15 @@ def budget_for_share(args, n_image: int, share: float) -> Fraction:
     return Fraction(int(fraction * 10**6), 10**6)
 
 
-def make_recipe(method: str, share: float, model: str, calib_data: str | None, samples: int) -> Recipe:
+def early_stage_layers(num_layers: int, first: int) -> tuple[int, ...]:
+    """PyramidDrop's three stage boundaries, the first at `first`, the others splitting the rest evenly."""
+    return tuple(sorted({first + (num_layers - first) * k // 3 for k in range(3)} & set(range(1, num_layers))))
+
+
+def make_recipe(
+    method: str, share: float, model: str, calib_data: str | None, samples: int
+) -> tuple[Recipe, str | None]:
+    """The recipe for one cell, and a note when it departs from the method's defaults."""
     args = architecture(model)
     _, n_image, _ = reference_image(args)
     name = f"{method}-s{round(100 * share):02d}"
@@ -61,26 +73,34 @@ def make_recipe(method: str, share: float, model: str, calib_data: str | None, s
     if method in methods("selector") and not args.layout.selectors:
         raise UserError(f"{method} is not supported on {args.family}'s {args.layout.rule} images yet")
     if method == "fopru-rank":
-        return Recipe(name, ref, selector=SelectorSpec("fopru-rank", ratio=share))
+        return Recipe(name, ref, selector=SelectorSpec("fopru-rank", ratio=share)), None
     if method == "prumerge":
-        return Recipe(name, ref, selector=SelectorSpec("prumerge", tokens=max(round(n_image * share) - 1, 0)))
+        return Recipe(name, ref, selector=SelectorSpec("prumerge", tokens=max(round(n_image * share) - 1, 0))), None
     if method in ("divprune", "cdpruner", "dart", "random"):
-        return Recipe(name, ref, selector=SelectorSpec(method, tokens=max(round(n_image * share), 1)))
+        return Recipe(name, ref, selector=SelectorSpec(method, tokens=max(round(n_image * share), 1))), None
     if method == "pool":  # the most m x m cells (m dividing the grid side) within the share
         grid = args.vision.grid_size
         cells = max(m * m for m in range(1, grid + 1) if grid % m == 0 and m * m <= max(n_image * share, 1))
-        return Recipe(name, ref, selector=SelectorSpec("pool", tokens=cells))
+        return Recipe(name, ref, selector=SelectorSpec("pool", tokens=cells)), None
     budget = budget_for_share(args, n_image, share)
+    fastv_layer = max(1, args.text.num_layers // 16)
     request = CalibrationRequest(
         model=model,
         flops_budget=str(float(budget)),
         method=method,
         data=calib_data,
         samples=samples,
-        fastv_layer=max(1, args.text.num_layers // 16),
+        fastv_layer=fastv_layer,
         name=name,
     )
-    return calibrate(request, progress=True).recipe
+    try:
+        return calibrate(request, progress=True).recipe, None
+    except UserError:
+        if method != "pyramiddrop":
+            raise
+    layers = early_stage_layers(args.text.num_layers, fastv_layer)
+    recipe = calibrate(replace(request, stage_layers=layers), progress=True).recipe
+    return recipe, f"stages at layers {list(layers)}: the paper's L/4, L/2, 3L/4 cannot reach this budget"
 
 
 def markdown_table(report, cells: dict[tuple[str, float], str | dict]) -> str:
@@ -98,6 +118,8 @@ def markdown_table(report, cells: dict[tuple[str, float], str | dict]) -> str:
         row = []
         for share in SHARES:
             cell = cells[method, share]
+            if isinstance(cell, dict) and cell["note"]:
+                notes.append(f"{len(notes) + 1}. {method} at ~{round(100 * share)}%: {cell['note']}")
             if isinstance(cell, str):
                 notes.append(f"{len(notes) + 1}. {method} at ~{round(100 * share)}%: {cell}")
                 row.append(f"not run ({len(notes)})")
@@ -105,7 +127,8 @@ def markdown_table(report, cells: dict[tuple[str, float], str | dict]) -> str:
             value = getattr(cell["entry"].overall, metric)
             retained = "n/a" if not reference else f"{100 * value / reference:.1f}%"
             tokens = cell["entry"].compute.to_dict()["visual_token_share"]
-            row.append(f"{retained} ({100 * tokens:.0f}%)")
+            marker = f" ({len(notes)})" if cell["note"] else ""
+            row.append(f"{retained} ({100 * tokens:.0f}%){marker}")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     lines += [
         "",
@@ -134,7 +157,7 @@ def main(argv: list[str] | None = None) -> str:
     for method in METHODS:
         for share in SHARES:
             try:
-                recipe = make_recipe(method, share, options.model, calib_data, options.calib_samples)
+                recipe, note = make_recipe(method, share, options.model, calib_data, options.calib_samples)
                 if recipe.selector is not None and recipe.selector.text_guided:  # refused now, not mid-eval
                     resolve_text_encoder(resolve_model(options.model), None)
             except UserError as error:
@@ -142,7 +165,7 @@ def main(argv: list[str] | None = None) -> str:
                 continue
             path = options.workdir / f"{recipe.name}.yaml"
             recipe.save(path)
-            cells[method, share] = {"path": str(path)}
+            cells[method, share] = {"path": str(path), "note": note}
             paths.append(str(path))
     report = evaluate(
         paths, options.data, options.model, limit=options.limit, max_new_tokens=options.max_new_tokens, progress=True

@@ -24,3 +24,13 @@ def test_accuracy_table_runs_on_the_tiny_model(tmp_path, capsys):
     assert "not run" in rows[2] and "pyramiddrop at ~11%: flops budget" in table
     assert "fopru-rank" in table and results.is_file()
     assert len(list((tmp_path / "recipes").glob("*.yaml"))) >= 10
+
+
+def test_early_pyramiddrop_stages_start_at_fastvs_layer_and_split_the_rest():
+    spec = importlib.util.spec_from_file_location("accuracy_table", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # 16 layers from layer 1: 15 layers in three stages of 5; 4 layers leave one layer per stage.
+    assert script.early_stage_layers(16, 1) == (1, 6, 11)
+    assert script.early_stage_layers(32, 2) == (2, 12, 22)
+    assert script.early_stage_layers(4, 1) == (1, 2, 3)

@@ -524,6 +524,7 @@ SHARE = click.FloatRange(0, 1)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model folder to write (replaced).")
 @setting_option("--seed", int)
 @setting_option("--text-width", int)
+@setting_option("--text-layers", click.IntRange(min=2), "Decoder layers.")
 @click.option(
     "--extra-questions",
     multiple=True,
@@ -532,6 +533,7 @@ SHARE = click.FloatRange(0, 1)
     callback=parse_extra_questions,
     help="TYPE=N: N more questions of TYPE per training image (repeatable).",
 )
+@setting_option("--images-per-batch", int, "Images per stage-2 step (each with its packed questions).")
 @setting_option("--text-steps", int)
 @setting_option("--vision-steps", int)
 @setting_option("--blind-steps", int)
