@@ -196,7 +196,6 @@ def test_the_stop_rules(calibrators):
             earlier = ScheduleSpec("fitprune", drop=drop[: stop - 1] + (0,) * (5 - stop), visual_tokens=36)
             assert not base.budget.meets(earlier)
     reference = FitPruneCalibrator(base.decoder, base.prompts, base.budget, stop_rule="samples")
-    reference.reference = base.reference
     for calibrator in (base, reference):
         best, _ = calibrator.search()
         assert best.meets

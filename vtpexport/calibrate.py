@@ -329,7 +329,7 @@ class FitPruneCalibrator:
         Nothing is computed that an earlier fit or the reference pass already did for the same
         drops (see `_Node`), nor after pruning stops (o_proj and the MLP of the last layer that
         drops only make a state no mass is read from)."""
-        if self.reference is None:
+        if not self.roots:  # the reference pass makes the tree's roots, and W
             self.collect_reference()
         keep = (ALPHA_STEPS - alpha) / ALPHA_STEPS
         walks = [_Walk(self, i) for i in range(len(self.prompts))]
