@@ -65,9 +65,10 @@ def random_decoder(args, device: torch.device, dtype: torch.dtype, seed: int = 0
     return decoder.eval()
 
 
-def vtpexport(*args: str) -> tuple[str, float]:
-    """The CLI in its own process (as a user runs it): (its output, wall seconds)."""
-    env = os.environ | {"PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+def vtpexport(workdir: Path, *args: str) -> tuple[str, float]:
+    """The CLI in its own process (as a user runs it): (its output, wall seconds). Its current
+    recipe is kept in `workdir`, so the bench leaves the user's alone."""
+    env = os.environ | {"PYTHONPATH": str(ROOT), "COLUMNS": "250", "VTPEXPORT_STATE_DIR": str(workdir / "state")}
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-c", "from vtpexport.cli import main; main()", *args],
@@ -87,10 +88,11 @@ def calibrate_on_device(options, workdir: Path) -> tuple[Recipe, str]:
     if options.model not in BUILTIN_NAMES:
         weights = workdir / f"{options.model}-random"
         if not (weights / "config.json").is_file():
-            vtpexport("random-weights", *model, "--out", str(weights), "--dtype", "bfloat16", "--force")
+            vtpexport(workdir, "random-weights", *model, "--out", str(weights), "--dtype", "bfloat16", "--force")
         model += ["--weights", str(weights)]
     out = workdir / "fitprune-calibrated.yaml"
     output, seconds = vtpexport(
+        workdir,
         "calibrate",
         *model,
         "--device",

@@ -29,6 +29,7 @@ def test_dry_run_on_the_tiny_model(script, tmp_path, capsys):
         assert float(row[2]) > 0 and float(row[4].rstrip("x")) > 1  # every recipe cuts the LLM's MACs
     assert rows[2][1] == "fitprune-calibrated" and (tmp_path / "fitprune-calibrated.yaml").is_file()
     assert "calibrate --device cpu, 1 samples" in report and "forward passes per sample" in report
+    assert (tmp_path / "state").is_dir()  # the current recipe it set is its own, not the user's
 
 
 def test_random_decoder_is_made_in_the_asked_dtype(script):
