@@ -4,9 +4,9 @@ For each model: `random-weights` writes the alias's exact architecture (LLM cut 
 default 2), then calibrate (FitPrune 0.45, --samples), build fp32 and fp16, lint, verify and run
 go through `vtpexport` as separate processes. Each step's wall time and peak RSS (the child's
 own, from wait4) are printed as a table, the peak as a multiple of the weight bytes of the
-dtype that step holds the model in;
-calibrate's row also gives the forward passes per sample its FitPrune search ran. --full adds the 32-layer llava-1.5-7b in bf16 (calibrate and
-the fp16 build only: that is what fits on a 24 GiB machine).
+dtype that step holds the model in; calibrate's row also gives the forward passes per sample its
+FitPrune search ran. --full adds the 32-layer llava-1.5-7b in bf16 (calibrate and the fp16 build
+only: that is what fits on a 24 GiB machine).
 
 Usage: PYTHONPATH=. python bench/bench_real_scale.py --workdir DIR [--models llava-1.5-7b,...]
        [--layers 2] [--samples 2] [--full] [--steps calibrate,build-fp32,...]
