@@ -4,8 +4,9 @@ For each model: `random-weights` writes the alias's exact architecture (LLM cut 
 default 2), then calibrate (FitPrune 0.45, --samples), build fp32 and fp16, lint, verify and run
 go through `vtpexport` as separate processes. Each step's wall time and peak RSS (the child's
 own, from wait4) are printed as a table, the peak as a multiple of the weight bytes of the
-dtype that step holds the model in. --full adds the 32-layer llava-1.5-7b in bf16 (calibrate and
-the fp16 build only: that is what fits on a 24 GiB machine).
+dtype that step holds the model in; calibrate's row also gives the forward passes per sample its
+FitPrune search ran. --full adds the 32-layer llava-1.5-7b in bf16 (calibrate and the fp16 build
+only: that is what fits on a 24 GiB machine).
 
 Usage: PYTHONPATH=. python bench/bench_real_scale.py --workdir DIR [--models llava-1.5-7b,...]
        [--layers 2] [--samples 2] [--full] [--steps calibrate,build-fp32,...]
@@ -50,12 +51,21 @@ def run_step(command: list[str], log: Path) -> tuple[float, int, bool, str]:
     start = time.monotonic()
     with log.open("w") as out:
         child = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONPATH": str(ROOT)}
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"PYTHONPATH": str(ROOT), "COLUMNS": "250"},  # unwrapped lines to read back
         )
         _, status, usage = os.wait4(child.pid, 0)
     seconds = time.monotonic() - start
     lines = log.read_text().strip().splitlines()
     return seconds, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status) == 0, lines[-1] if lines else ""
+
+
+def forward_passes(log: Path) -> str:
+    """calibrate's line on the forward passes per sample its search ran."""
+    lines = [line for line in log.read_text().splitlines() if line.startswith("forward passes per sample")]
+    return lines[-1].replace("forward passes per sample", "passes/sample") if lines else ""
 
 
 def bench_model(model: str, layers: int | None, samples: int, workdir: Path, steps: tuple[str, ...]) -> list[Step]:
@@ -110,7 +120,11 @@ def bench_model(model: str, layers: int | None, samples: int, workdir: Path, ste
             ],
             "bf16",
         ),
-        "lint": ([*exe, "lint", str(workdir / f"{tag}-fp16")], "bf16"),
+        # lint the fp16 export where this run builds one (TensorRT's precision), else the fp32 one
+        "lint": (
+            [*exe, "lint", str(workdir / f"{tag}-{'fp16' if 'build-fp16' in steps else 'fp32'}")],
+            "bf16" if "build-fp16" in steps else "fp32",
+        ),
         "verify": ([*exe, "verify", str(workdir / f"{tag}-fp32"), *on, "--max-new-tokens", "4"], "fp32"),
         "run": ([*exe, "run", str(workdir / f"{tag}-fp32"), "--image", str(image), "--prompt", "What is it?"], "fp32"),
     }
@@ -121,7 +135,8 @@ def bench_model(model: str, layers: int | None, samples: int, workdir: Path, ste
         command, held = plan[name]
         print(f"{tag}: {name} ...", flush=True)
         seconds, peak, ok, last = run_step(command, workdir / f"{tag}-{name}.log")
-        results.append(Step(tag, name, seconds, peak, dtype_bytes[held], ok, "" if ok else last[:90]))
+        note = last[:90] if not ok else forward_passes(workdir / f"{tag}-{name}.log") if name == "calibrate" else ""
+        results.append(Step(tag, name, seconds, peak, dtype_bytes[held], ok, note))
         print(f"{tag}: {name} {'ok' if ok else 'FAILED'} in {seconds:.0f} s, peak {peak / 1e9:.2f} GB", flush=True)
     return results
 
@@ -134,7 +149,7 @@ def table(results: list[Step]) -> str:
     for r in results:
         rows.append(
             f"| {r.model} | {r.name} | {r.seconds:.0f} | {r.peak_bytes / 1e9:.2f} | {r.weight_bytes / 1e9:.2f} "
-            f"| {r.peak_bytes / r.weight_bytes:.2f}x | {'ok' if r.ok else 'FAILED: ' + r.note} |"
+            f"| {r.peak_bytes / r.weight_bytes:.2f}x | {'ok' if r.ok else 'FAILED'}{': ' if r.note else ''}{r.note} |"
         )
     return "\n".join(rows)
 

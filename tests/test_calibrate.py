@@ -2,6 +2,7 @@
 their budgets exactly, deterministically, and refuse bad input in one line."""
 
 import json
+import random
 import re
 from fractions import Fraction
 from itertools import accumulate
@@ -11,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import random_image
+from torch import Tensor
 
 from vtpexport.calibrate import (
     Budget,
@@ -31,6 +33,8 @@ from vtpexport.flops import paper_flops
 from vtpexport.graph.decoder import Sequence
 from vtpexport.models.loader import architecture
 from vtpexport.pruning.fastv import solve_fastv
+from vtpexport.pruning.fitprune import scored_rows_probs
+from vtpexport.pruning.prefill import PrefillHook
 from vtpexport.pruning.pyramiddrop import default_stage_layers, solve_pyramiddrop
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
 from vtpexport.runtime.eager import greedy_generate, prepare
@@ -192,10 +196,57 @@ def test_the_stop_rules(calibrators):
             earlier = ScheduleSpec("fitprune", drop=drop[: stop - 1] + (0,) * (5 - stop), visual_tokens=36)
             assert not base.budget.meets(earlier)
     reference = FitPruneCalibrator(base.decoder, base.prompts, base.budget, stop_rule="samples")
-    reference.reference = base.reference
     for calibrator in (base, reference):
         best, _ = calibrator.search()
         assert best.meets
+
+
+class _MassesFromThisForward(PrefillHook):
+    """An un-reused fit(alpha) of one sample, as METHODS.md states it: at every layer, the drop
+    from this very forward's attention (with W from the unpruned pass); or, without `keep`, the
+    unpruned pass itself, recording W_c and W_s."""
+
+    def __init__(self, reference: Tensor, keep: float | None = None):
+        super().__init__()
+        self.reference, self.keep = reference, keep
+        self.counts = []
+
+    def after_attention(self, decoder, index, seq, attention):
+        cross, self_ = visual_masses(scored_rows_probs(decoder, index, seq, attention), seq)
+        if self.keep is None:
+            self.reference[index] = torch.tensor([total_mass(cross), total_mass(self_)], dtype=torch.float64)
+            return seq, None
+        keep_cross, keep_self = (self.keep * w for w in self.reference[index].tolist())
+        dropped = lowest_removable(cross, keep_cross) & lowest_removable(self_, keep_self)
+        self.counts.append(int(dropped.sum()))
+        if not dropped.any():
+            return seq, None
+        return seq.keep_image((~dropped).nonzero().flatten()[None], renumber=False)
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-1.5", "tiny-llava-next"])
+@torch.inference_mode()
+def test_fits_reusing_earlier_forwards_equal_fits_run_from_the_prompt(tiny_models, name):
+    """The search's reuse (masses of drops already seen, layer 0 from the reference pass, no
+    forward after the stop) changes no count: alphas in shuffled order, so each fit follows
+    others, against every sample run from its prompt through every layer for that alpha alone."""
+    model = tiny_models[name]
+    samples = load_samples(select_records(read_dataset(DATA), 4, seed=2))
+    calibrator = FitPruneCalibrator(model.graph.decoder, prepare_prompts(model, samples, None, CPU), None)
+    calibrator.budget = budget_for(name, "0.45")
+    reference = torch.zeros_like(calibrator.collect_reference())
+    for i, prompt in enumerate(calibrator.prompts):
+        calibrator.decoder.run_layers(prompt.sequence, _MassesFromThisForward(reference[:, i]))
+    assert torch.equal(calibrator.reference, reference)
+    layers = calibrator.num_layers
+    for alpha in random.Random(0).sample(range(101), 16):
+        fit = calibrator.fit(alpha)
+        for i, prompt in enumerate(calibrator.prompts):
+            oracle = _MassesFromThisForward(reference[:, i], (100 - alpha) / 100)
+            calibrator.decoder.run_layers(prompt.sequence, oracle)
+            stop = fit.stop_layer
+            assert fit.counts[i] == tuple(oracle.counts[:stop]) + (0,) * (layers - stop), (alpha, i)
+    assert calibrator.passes < calibrator.passes_without_reuse
 
 
 def test_alpha_zero_prunes_nothing_and_alpha_one_everything(calibrators):

@@ -33,7 +33,7 @@ from .devices import dtype_name, resolve_device, resolve_dtype
 from .errors import UserError
 from .flops import ExactMacs, FlopsReport, exact_prefill_macs, paper_flops, paper_layer_macs
 from .graph.args import LlavaArgs
-from .graph.decoder import Decoder, LayerAttention, Sequence
+from .graph.decoder import Decoder, Sequence
 from .progress import progress_bar, track
 from .pruning.fitprune import scored_rows_probs
 from .pruning.prefill import PrefillHook
@@ -176,36 +176,82 @@ def lowest_removable(values: Tensor, keep: float) -> Tensor:
     return mask
 
 
-class _ReferenceMasses(PrefillHook):
-    """Records W_c and W_s of every layer of one sample into `out` [layers, 2]; drops nothing."""
+@dataclass
+class _Node:
+    """One sample's simulated forward at one layer, for one history of drops before it: the masses
+    c_j and s_j its attention gives the visual tokens, and the nodes of the next layer, keyed by
+    the tokens dropped at this one. The state entering a layer is a function of the drops made
+    before it, so a node's masses serve every alpha whose drops lead to it."""
 
-    def __init__(self, out: Tensor):
-        super().__init__()
-        self.out = out
-
-    def after_attention(self, decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention):
-        cross, self_ = visual_masses(scored_rows_probs(decoder, index, seq, attention), seq)
-        self.out[index, 0], self.out[index, 1] = total_mass(cross), total_mass(self_)
-        return seq, None
+    cross: Tensor
+    self_: Tensor
+    children: dict[bytes, _Node] = field(default_factory=dict)
 
 
-class _LowestMassDrop(PrefillHook):
-    """fit(alpha) at one layer of one sample: drops the intersection of the lowest-c and lowest-s
-    tokens whose removal keeps `keep` (the (1 - alpha) share of W_c and W_s); counts[layer] records it."""
+@dataclass
+class ForwardCount:
+    """Half-layer stages run by a calibration, summed over samples: attention (with the masses
+    read from it) and o_proj + MLP. A full forward pass is one of each per layer."""
 
-    def __init__(self, keep: list[float], counts: list[int]):
-        super().__init__()
-        self.keep_cross, self.keep_self = keep
-        self.counts = counts
+    attention: int = 0
+    mlp: int = 0
 
-    def after_attention(self, decoder: Decoder, index: int, seq: Sequence, attention: LayerAttention):
-        cross, self_ = visual_masses(scored_rows_probs(decoder, index, seq, attention), seq)
-        dropped = lowest_removable(cross, self.keep_cross) & lowest_removable(self_, self.keep_self)
-        self.counts[index] = int(dropped.sum())
-        if not self.counts[index]:
-            return seq, None
-        # As in inference: the cache kept every token; o_proj and the MLP run on the rest.
-        return seq.keep_image((~dropped).nonzero().flatten()[None], renumber=False)
+    def passes(self, samples: int, layers: int) -> float:
+        """Full forward passes per sample that the stages add up to."""
+        return (self.attention + self.mlp) / (2 * layers * max(samples, 1))
+
+
+class _Walk:
+    """One sample's path through its tree of `_Node`s during one fit(alpha). Known nodes cost
+    nothing; an unknown one needs the state entering its layer, made from the last state this
+    walk holds (the prompt with layer 0's attention, from the reference pass) by running the
+    layers between with this walk's drops."""
+
+    def __init__(self, calibrator: FitPruneCalibrator, sample: int):
+        self.calibrator = calibrator
+        self.parent: _Node | None = None
+        self.node: _Node | None = calibrator.roots[sample]
+        self.key = b""
+        self.drops: list[Tensor] = []  # per layer walked: the mask of dropped visual tokens
+        # The latest state held: its layer, the sequence entering it, and that layer's attention
+        # output (before o_proj) when it has run.
+        self.layer, self.seq = 0, calibrator.prompts[sample].sequence
+        self.output: Tensor | None = calibrator.root_outputs[sample]
+
+    def masses(self, index: int) -> tuple[Tensor, Tensor]:
+        """c and s at layer `index`, the layer after the drops walked so far."""
+        if self.node is None:
+            decoder, count = self.calibrator.decoder, self.calibrator.forwards
+            seq = self._state(index)
+            seq, attention, _ = decoder.layer_attention(index, seq, PrefillHook())
+            count.attention += 1
+            self.seq, self.output = seq, attention.output
+            self.node = _Node(*visual_masses(scored_rows_probs(decoder, index, seq, attention), seq))
+            self.parent.children[self.key] = self.node
+        return self.node.cross, self.node.self_
+
+    def drop(self, dropped: Tensor) -> None:
+        """Drop the tokens of mask `dropped` at the current layer and move to the next."""
+        self.drops.append(dropped)
+        self.parent, self.key = self.node, dropped.cpu().numpy().tobytes()
+        self.node = self.node.children.get(self.key)
+
+    def _state(self, index: int):
+        """The sequence entering layer `index` after this walk's drops."""
+        decoder, count = self.calibrator.decoder, self.calibrator.forwards
+        while self.layer < index:
+            seq, output = self.seq, self.output
+            if output is None:
+                seq, attention, _ = decoder.layer_attention(self.layer, seq, PrefillHook())
+                output = attention.output
+                count.attention += 1
+            rows = None
+            if self.drops[self.layer].any():
+                seq, rows = seq.keep_image((~self.drops[self.layer]).nonzero().flatten()[None], renumber=False)
+            self.seq, self.output = decoder.finish_layer(self.layer, seq, output, rows), None
+            count.mlp += 1
+            self.layer += 1
+        return self.seq
 
 
 class FitPruneCalibrator:
@@ -228,27 +274,65 @@ class FitPruneCalibrator:
         self.stop_rule = stop_rule
         self.num_layers = len(decoder.layers)
         self.reference: Tensor | None = None  # [layers, samples, 2]: W_c, W_s of the unpruned model
+        self.roots: list[_Node] = []  # per sample, layer 0 (filled by the reference pass)
+        self.root_outputs: list[Tensor] = []  # per sample, layer 0's attention output before o_proj
+        self.forwards = ForwardCount()
+        self.stops: list[int] = []  # each fit's stop layer, to say what the search cost without reuse
 
     def _macs(self, tokens: int, kept: int) -> int:
         return paper_layer_macs(self.decoder.args, tokens, kept)
 
     @torch.inference_mode()
     def collect_reference(self, progress: Callable[[Iterator], Iterator] = iter) -> Tensor:
-        """W_c and W_s per layer and sample, from the unpruned model."""
+        """W_c and W_s per layer and sample, from the unpruned model. Its masses are the nodes of
+        the no-drop path (every fit starts there), and layer 0's attention output is kept for
+        the fits, whose layer 0 sees the same prompt."""
         reference = torch.zeros(self.num_layers, len(self.prompts), 2, dtype=torch.float64)
+        self.roots, self.root_outputs = [], []
+        no_drop = None
         for i, prompt in progress(enumerate(self.prompts)):
-            self.decoder.run_layers(prompt.sequence, _ReferenceMasses(reference[:, i]))
+            seq, parent = prompt.sequence, None
+            for index in range(self.num_layers):
+                seq, attention, _ = self.decoder.layer_attention(index, seq, PrefillHook())
+                self.forwards.attention += 1
+                node = _Node(*visual_masses(scored_rows_probs(self.decoder, index, seq, attention), seq))
+                reference[index, i, 0], reference[index, i, 1] = total_mass(node.cross), total_mass(node.self_)
+                if parent is None:
+                    self.roots.append(node)
+                    self.root_outputs.append(attention.output)
+                    no_drop = torch.zeros(seq.image_len, dtype=torch.bool).numpy().tobytes()
+                else:
+                    parent.children[no_drop] = node
+                parent = node
+                if index + 1 < self.num_layers:  # the last layer's o_proj and MLP change no mass
+                    seq = self.decoder.finish_layer(index, seq, attention.output, None)
+                    self.forwards.mlp += 1
         self.reference = reference
         return reference
+
+    @property
+    def passes(self) -> float:
+        """Full forward passes per sample run so far (reference pass and fits)."""
+        return self.forwards.passes(len(self.prompts), self.num_layers)
+
+    @property
+    def passes_without_reuse(self) -> float:
+        """Full forward passes per sample of the same reference pass and fits, each fit run from
+        the prompt through every layer before its stop."""
+        return 1 + sum(self.stops) / self.num_layers
 
     @torch.inference_mode()
     def fit(self, alpha: int) -> Fit:
         """Simulate pruning with alpha = `alpha` / 100 over every sample, layer by layer: each
-        sample drops its own intersection of lowest-mass tokens; the recipe takes the mean."""
-        if self.reference is None:
+        sample drops its own intersection of lowest-mass tokens; the recipe takes the mean.
+
+        Nothing is computed that an earlier fit or the reference pass already did for the same
+        drops (see `_Node`), nor after pruning stops (o_proj and the MLP of the last layer that
+        drops only make a state no mass is read from)."""
+        if not self.roots:  # the reference pass makes the tree's roots, and W
             self.collect_reference()
         keep = (ALPHA_STEPS - alpha) / ALPHA_STEPS
-        states = [p.sequence for p in self.prompts]
+        walks = [_Walk(self, i) for i in range(len(self.prompts))]
         counts = [[0] * self.num_layers for _ in self.prompts]
         stop = self.num_layers
         # Layer-major: whether pruning stops before a layer depends on every sample's counts so far.
@@ -256,9 +340,13 @@ class FitPruneCalibrator:
             if self._reached(index, counts):
                 stop = index
                 break
-            for i, seq in enumerate(states):
-                hook = _LowestMassDrop([keep * w for w in self.reference[index, i].tolist()], counts[i])
-                states[i], _, _ = self.decoder.prefill_layer(index, seq, hook)
+            for i, walk in enumerate(walks):
+                keep_cross, keep_self = (keep * w for w in self.reference[index, i].tolist())
+                cross, self_ = walk.masses(index)
+                dropped = lowest_removable(cross, keep_cross) & lowest_removable(self_, keep_self)
+                counts[i][index] = int(dropped.sum())
+                walk.drop(dropped)
+        self.stops.append(stop)
         schedule = self._schedule(counts)
         report = self.budget.report(schedule)
         return Fit(
@@ -423,6 +511,9 @@ class FitPruneRun:
     samples: int
     skipped: list[str]
     text_tokens: tuple[int, int]  # median prompt lengths before / after the image
+    forwards: ForwardCount  # what the reference pass and the fits ran, over every sample
+    passes: float  # full forward passes per sample that adds up to
+    passes_without_reuse: float  # the same search recomputing every fit from the prompt
 
 
 @dataclass
@@ -530,7 +621,16 @@ def _calibrate_fitprune(
 
         best, fits = calibrator.search(on_step)
     text = (_median([p.sequence.image_start for p in prompts]), _median([_suffix_len(p.sequence) for p in prompts]))
-    run = FitPruneRun(best.alpha / ALPHA_STEPS, fits, count, samples.skipped, text)
+    run = FitPruneRun(
+        best.alpha / ALPHA_STEPS,
+        fits,
+        count,
+        samples.skipped,
+        text,
+        calibrator.forwards,
+        calibrator.passes,
+        calibrator.passes_without_reuse,
+    )
     provenance = {
         "alpha": run.alpha,
         "stop_rule": request.stop_rule,
@@ -607,6 +707,11 @@ def calibration_view(result: CalibrationResult):
         below = f", alpha {run.alpha - 1 / ALPHA_STEPS:.2f}'s does not" if run.alpha > 0 else ""
         lines.append(f"alpha {run.alpha:.2f} (bisected on the 0.01 grid): its recipe meets the budget{below} ({tried})")
         lines.append(f"samples: {run.samples} used, {len(run.skipped)} skipped (seed {provenance['seed']})")
+        lines.append(
+            f"forward passes per sample: {run.passes:.2f} ({run.forwards.attention} attention and "
+            f"{run.forwards.mlp} MLP layer stages over {run.samples} samples, {args.text.num_layers} layers; "
+            f"{run.passes_without_reuse:.2f} without reuse, {1 + len(run.fits)} as one pass per alpha tried)"
+        )
     else:
         lines.append(provenance["solved"])
     lines.append(

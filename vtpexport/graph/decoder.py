@@ -311,6 +311,17 @@ class Decoder(nn.Module):
         Returns the sequence leaving the layer, the layer's cache (the past, then every token that
         entered its attention) and the original indices of the image tokens that attention saw.
         """
+        seq, attention, cache = self.layer_attention(index, seq, hook, past)
+        attended = seq.image_ids
+        seq, rows = hook.after_attention(self, index, seq, attention)
+        seq = self.finish_layer(index, seq, attention.output, rows)
+        return hook.after_layer(self, index, seq, attention), cache, attended
+
+    def layer_attention(
+        self, index: int, seq: Sequence, hook: PrefillHook, past: LayerCache | None = None
+    ) -> tuple[Sequence, LayerAttention, LayerCache]:
+        """The first half of `prefill_layer`: the sequence entering layer `index` (after the
+        hook's `before_layer`), its attention (output before o_proj) and the layer's cache."""
         layer = self.layers[index]
         seq = hook.before_layer(self, index, seq)
         positions, key_mask, key_positions = seq.positions, seq.key_mask, seq.positions
@@ -324,14 +335,15 @@ class Decoder(nn.Module):
         if past is not None:
             k, v = torch.cat([past.key, k], dim=2), torch.cat([past.value, v], dim=2)
         output = layer.self_attn.attend(q, k, v, bias)
-        cache, attended = LayerCache(k, v, key_mask, key_positions), seq.image_ids
-        attention = LayerAttention(q, k, v, bias, output)
-        seq, rows = hook.after_attention(self, index, seq, attention)
-        if rows is not None:
-            # A drop after attention: the cache above kept every token; o_proj and the MLP run on the rest.
-            output = gather_tokens(output, rows)
-        seq = replace(seq, x=layer.finish(seq.x, output))
-        return hook.after_layer(self, index, seq, attention), cache, attended
+        return seq, LayerAttention(q, k, v, bias, output), LayerCache(k, v, key_mask, key_positions)
+
+    def finish_layer(self, index: int, seq: Sequence, output: Tensor, rows: Tensor | None) -> Sequence:
+        """The second half of `prefill_layer`: o_proj and the MLP of layer `index` on `seq`, the
+        sequence after any drop after attention, whose rows of the attention `output` (before
+        o_proj) are `rows` (None: every row). The cache kept every token; o_proj and the MLP run
+        on the rest."""
+        output = output if rows is None else gather_tokens(output, rows)
+        return replace(seq, x=self.layers[index].finish(seq.x, output))
 
     def decode(self, embeds: Tensor, caches: list[LayerCache]) -> tuple[Tensor, list[LayerCache]]:
         """One token [B, 1, D] after a (possibly pruned) prefill; returns hidden [B, D] and caches:
