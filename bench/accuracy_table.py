@@ -70,8 +70,9 @@ def make_recipe(
     _, n_image, _ = reference_image(args)
     name = f"{method}-s{round(100 * share):02d}"
     ref = ModelRef(args.family, model, args.config_hash())
-    if method in methods("selector") and not args.layout.selectors:
-        raise UserError(f"{method} is not supported on {args.family}'s {args.layout.rule} images yet")
+    selector = methods("selector").get(method)
+    if selector is not None and args.layout.tiled and selector.tiles_refusal is not None:
+        raise UserError(f"{method} does not run per tile on {args.layout.rule} images: it {selector.tiles_refusal}")
     if method == "fopru-rank":
         return Recipe(name, ref, selector=SelectorSpec("fopru-rank", ratio=share)), None
     if method == "prumerge":

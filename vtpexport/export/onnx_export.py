@@ -65,6 +65,8 @@ def example_inputs(
         inputs["text_encoder"] = (ids,)
         with torch.no_grad():
             vision += (text_encoder(ids)[: vision[0].shape[0]],)
+    if LLM not in specs:  # only the graphs a selector shapes (the LLM's inputs follow from the vision graph's)
+        return inputs | {"vision": vision}
     with torch.no_grad():
         embeds = vision_graph(llava, recipe, text_encoder)(*vision)
     image_embeds = embeds[0] if isinstance(embeds, tuple) else embeds
