@@ -32,10 +32,10 @@ from vtpexport.errors import UserError
 from vtpexport.flops import paper_flops
 from vtpexport.graph.decoder import Sequence
 from vtpexport.models.loader import architecture
-from vtpexport.pruning.fastv import solve_fastv
 from vtpexport.pruning.fitprune import scored_rows_probs
 from vtpexport.pruning.prefill import PrefillHook
 from vtpexport.pruning.pyramiddrop import default_stage_layers, solve_pyramiddrop
+from vtpexport.pruning.registry import schedule_method
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
 from vtpexport.runtime.eager import greedy_generate, prepare
 
@@ -288,7 +288,7 @@ def test_pyramiddrop_lambda_is_the_largest_meeting_the_budget(model, fraction):
 @pytest.mark.parametrize("fraction", ["0.95", "0.6", "0.55"])
 def test_fastv_ratio_is_the_smallest_meeting_the_budget(model, fraction):
     budget = budget_for(model, fraction)
-    schedule = solve_fastv(budget, 2)
+    schedule, _ = schedule_method("fastv").solve(budget, {"layer": 2})
     assert budget.meets(schedule)
     if schedule.ratio > 0:
         assert not budget.meets(ScheduleSpec("fastv", layer=2, ratio=round(schedule.ratio - 0.001, 3)))
@@ -306,7 +306,7 @@ def test_published_defaults_are_the_solutions_of_their_own_budgets():
     budget = budget_for("llava-1.5-7b", 1)
     solvers = {
         "pyramiddrop": lambda b: solve_pyramiddrop(b, (8, 16, 24)),
-        "fastv": lambda b: solve_fastv(b, 2),
+        "fastv": lambda b: schedule_method("fastv").solve(b, {"layer": 2})[0],
     }
     for schedule in (ScheduleSpec("pyramiddrop", layers=(8, 16, 24)), ScheduleSpec("fastv")):
         spend = budget.report(schedule)

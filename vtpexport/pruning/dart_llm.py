@@ -20,17 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..schema import Field, Int
 from .ops import gather_tokens, image_part, text_part
 from .prefill import ImageDropHook
-from .registry import SHARE, Schedule, ScheduleSpec, ratio, register
+from .registry import OneDropSchedule, ScheduleSpec, ratio, register
 
 if TYPE_CHECKING:
     from ..graph.decoder import Decoder, LayerAttention, Sequence
 
 IMAGE_PIVOTS = 4  # the reference's pivot_image_token for LLaVA
 TEXT_PIVOTS = 4  # its pivot_text_token
-PARAMETER_STEPS = 1000  # R is solved on the grid k / 1000
 
 
 def image_pivot_count(n: int) -> int:
@@ -129,50 +127,15 @@ class DartHook(ImageDropHook):
         return self.drop_chosen(index, seq, choose)[0]
 
 
-def solve_dart(budget, layer: int) -> ScheduleSpec:
-    """The smallest R on the 0.001 grid of [0, 1] (the most tokens kept) that meets the budget.
-
-    `budget` is calibrate's `Budget` (meets / unreachable / args)."""
-
-    def schedule(k: int) -> ScheduleSpec:
-        return ScheduleSpec("dart-llm", layer=layer, ratio=k / PARAMETER_STEPS)
-
-    schedule(0).validate(budget.args.text.num_layers)
-    if not budget.meets(schedule(PARAMETER_STEPS)):
-        how = f"R = 1 keeps the 4 image pivots and still runs layers 0..{layer - 1} on every visual token"
-        raise budget.unreachable("dart-llm", schedule(PARAMETER_STEPS), how)
-    # FLOPs never increase as R grows (the picks per pivot never grow): bisect for the first k that meets.
-    lo, hi = -1, PARAMETER_STEPS
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if budget.meets(schedule(mid)) else (mid, hi)
-    return schedule(hi)
-
-
 @register
-class DartLlm(Schedule):
+class DartLlm(OneDropSchedule):
     name = "dart-llm"
     summary = "before layer K, keep 4 image pivots and 8 pivots' least-duplicate image tokens (DART in the LLM)"
-    # K: tokens drop before layer K (after layer K-1, whose keys and output score them);
-    # R: the share of image tokens dropped (each pivot takes floor(N (1 - R) / 8)).
-    fields = {"layer": Field(Int(1)), "ratio": Field(SHARE)}
-    position_policy = "original"
-    calibration = "analytic"
+    # Each of the 8 pivots takes floor(N (1 - R) / 8) image tokens.
+    at_full_ratio = "R = 1 keeps the 4 image pivots and still runs layers 0..{last} on every visual token"
 
-    def check_depth(self, spec: ScheduleSpec, num_layers: int) -> None:
-        if spec.layer >= num_layers:
-            raise self.error(f"layer must be in [1, {num_layers}), got {spec.layer}")
-
-    def stage_starts(self, spec: ScheduleSpec, num_layers: int) -> list[int]:
-        return [0, spec.layer]
-
-    def tokens_per_layer(self, spec: ScheduleSpec, n: int, num_layers: int) -> list[tuple[int, int]]:
-        kept = dart_kept(spec, n)
-        return [(kept, kept) if layer >= spec.layer else (n, n) for layer in range(num_layers)]
+    def kept(self, spec: ScheduleSpec, n: int) -> int:
+        return dart_kept(spec, n)
 
     def prefill_hook(self, spec: ScheduleSpec, image_len: int, replay=None) -> DartHook:
         return DartHook(spec, image_len, replay)
-
-    def solve(self, budget, fixed: dict) -> tuple[ScheduleSpec, str]:
-        schedule = solve_dart(budget, fixed["layer"])
-        return schedule, f"R = {schedule.ratio:g}, the smallest on the 0.001 grid meeting the budget"

@@ -13,12 +13,10 @@ from ..errors import UserError
 from ..schema import Field, Int, ListOf
 from .ops import image_part, masked_scores
 from .prefill import ImageDropHook
-from .registry import RATIO, Schedule, ScheduleSpec, ratio, register
+from .registry import PARAMETER_STEPS, RATIO, Schedule, ScheduleSpec, ratio, register
 
 if TYPE_CHECKING:
     from ..graph.decoder import Decoder, Sequence
-
-PARAMETER_STEPS = 1000  # lambda is solved on the grid k / 1000 (recipe ratios have denominators <= 1000)
 
 
 def pyramiddrop_scores(

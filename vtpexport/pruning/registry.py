@@ -36,6 +36,7 @@ def ratio(value: float) -> Fraction:
 
 RATIO = Number(0, 1, open_low=True)  # a share kept: (0, 1]
 SHARE = Number(0, 1)  # a share dropped or kept, 0 and 1 included
+PARAMETER_STEPS = 1000  # analytic schedules solve shares on the grid k / 1000 (recipe ratios have denominators <= 1000)
 COUNT = Int(0)
 NULLABLE_COUNT = Nullable(COUNT)
 ORDER = Text(choices=("raster", "score"))
@@ -245,6 +246,52 @@ class Schedule(Method):
 
 _METHODS: dict[str, Method] = {}
 _LOADED = False
+
+
+class OneDropSchedule(Schedule):
+    """A schedule that drops image tokens once, before layer K, keeping the share the recipe's
+    R (`ratio`, the share dropped) allows; positions keep their original values, and R is solved
+    from the budget analytically. Subclasses say how many tokens R keeps and what they prune by."""
+
+    # K: the first layer without the dropped tokens; R: the share of image tokens dropped.
+    fields = {"layer": Field(Int(1)), "ratio": Field(SHARE)}
+    position_policy = "original"
+    calibration = "analytic"
+    # What R = 1 still spends, for the unreachable-budget message ({last}: layer K - 1).
+    at_full_ratio: ClassVar[str] = "R = 1 still runs layers 0..{last} on every visual token"
+
+    def kept(self, spec: ScheduleSpec, n: int) -> int:
+        """Image tokens kept of n from layer K on; never grows as R grows."""
+        raise NotImplementedError
+
+    def check_depth(self, spec: ScheduleSpec, num_layers: int) -> None:
+        if spec.layer >= num_layers:
+            raise self.error(f"layer must be in [1, {num_layers}), got {spec.layer}")
+
+    def stage_starts(self, spec: ScheduleSpec, num_layers: int) -> list[int]:
+        return [0, spec.layer]
+
+    def tokens_per_layer(self, spec: ScheduleSpec, n: int, num_layers: int) -> list[tuple[int, int]]:
+        kept = self.kept(spec, n)
+        return [(kept, kept) if layer >= spec.layer else (n, n) for layer in range(num_layers)]
+
+    def solve(self, budget, fixed: dict) -> tuple[ScheduleSpec, str]:
+        """The smallest R on the 0.001 grid of [0, 1] (the most tokens kept) that meets `budget`."""
+        layer = fixed["layer"]
+
+        def schedule(k: int) -> ScheduleSpec:
+            return ScheduleSpec(self.name, layer=layer, ratio=k / PARAMETER_STEPS)
+
+        schedule(0).validate(budget.args.text.num_layers)
+        if not budget.meets(schedule(PARAMETER_STEPS)):
+            how = self.at_full_ratio.format(last=layer - 1)
+            raise budget.unreachable(self.name, schedule(PARAMETER_STEPS), how)
+        # FLOPs never increase as R grows (`kept` never grows): bisect for the first k that meets.
+        lo, hi = -1, PARAMETER_STEPS
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if budget.meets(schedule(mid)) else (mid, hi)
+        return schedule(hi), f"R = {hi / PARAMETER_STEPS:g}, the smallest on the 0.001 grid meeting the budget"
 
 
 def register(cls: type[Method]) -> type[Method]:
