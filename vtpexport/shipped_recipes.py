@@ -122,33 +122,29 @@ def default_schedule_recipes(model: str) -> list[Recipe]:
     ]
 
 
-def selector_examples(model: str = "llava-1.5-7b") -> list[Recipe]:
-    """One recipe per selector in SELECTOR_EXAMPLES, the selector alone (compose a schedule by
-    calibrating with `--selector`)."""
+def _examples(examples: dict, part: str, model: str) -> list[Recipe]:
+    """One recipe per entry of `examples`, its spec as the recipe's `part` (selector or schedule)."""
     ref = model_ref(model)
     return [
         Recipe(
             f"{name}-{model}",
             ref,
-            selector=spec,
             provenance=new_provenance("vtpexport.shipped_recipes", created=CREATED, source=source),
+            **{part: spec},
         )
-        for name, (spec, source) in SELECTOR_EXAMPLES.items()
+        for name, (spec, source) in examples.items()
     ]
+
+
+def selector_examples(model: str = "llava-1.5-7b") -> list[Recipe]:
+    """One recipe per selector in SELECTOR_EXAMPLES, the selector alone (compose a schedule by
+    calibrating with `--selector`)."""
+    return _examples(SELECTOR_EXAMPLES, "selector", model)
 
 
 def schedule_examples(model: str = "llava-1.5-7b") -> list[Recipe]:
     """One recipe per schedule in SCHEDULE_EXAMPLES, the schedule alone."""
-    ref = model_ref(model)
-    return [
-        Recipe(
-            f"{name}-{model}",
-            ref,
-            schedule=spec,
-            provenance=new_provenance("vtpexport.shipped_recipes", created=CREATED, source=source),
-        )
-        for name, (spec, source) in SCHEDULE_EXAMPLES.items()
-    ]
+    return _examples(SCHEDULE_EXAMPLES, "schedule", model)
 
 
 def shipped_recipes() -> list[Recipe]:
