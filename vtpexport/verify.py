@@ -28,7 +28,7 @@ from .models.loader import load_model
 from .models.text_encoder import attach_text_encoder
 from .progress import track
 from .runtime import check_backend, open_runner
-from .runtime.batch import PreparedBatch, image_token_groups, subset_rows
+from .runtime.batch import PreparedBatch, default_stops, greedy_loop, image_token_groups, subset_rows
 from .runtime.eager import EagerRunner
 from .runtime.exported import export_recipe, to_numpy
 
@@ -178,18 +178,27 @@ def run_reference(
     ]
     batch = reference.prepare(images, questions, max_new_tokens)
     runs = []
+    generations: list[list[int]] = [[] for _ in images]
+    stops = default_stops(reference.tokenizer)
     groups = image_token_groups(batch)
     for members in track(groups, "reference: prefill and decode", len(groups), "batch", progress):
         outputs = reference.prefill(subset_rows(batch, members))
+        logits = [outputs["logits"]]
         run = DecodeRun(members, to_numpy(outputs["logits"]))
         token = outputs["logits"].argmax(-1)
         for _ in range(max_new_tokens - 1):
             outputs = reference.decode(token, outputs)
             run.tokens.append(token)
+            logits.append(outputs["logits"])
             run.step_logits.append(to_numpy(outputs["logits"]))
             token = outputs["logits"].argmax(-1)
         runs.append(run)
-    generations = reference.generate(batch, max_new_tokens)
+        # These steps are the reference's greedy generation (every row fed its own argmax), so the
+        # shared greedy loop replayed over their logits gives its generations without a second run.
+        recorded = iter(logits[1:])
+        rows = greedy_loop(logits[0], lambda _, recorded=recorded: next(recorded), max_new_tokens, stops)
+        for row, tokens in zip(members, rows, strict=True):
+            generations[row] = tokens
     return ReferenceOutputs(text_embeds, image_embeds, batch, runs, generations)
 
 
