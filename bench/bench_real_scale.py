@@ -6,7 +6,8 @@ go through `vtpexport` as separate processes. Each step's wall time and peak RSS
 own, from wait4) are printed as a table, the peak as a multiple of the weight bytes of the
 dtype that step holds the model in; calibrate's row also gives the forward passes per sample its
 FitPrune search ran. --full adds the 32-layer llava-1.5-7b in bf16 (calibrate and the fp16 build
-only: that is what fits on a 24 GiB machine).
+only: that is what fits on a 24 GiB machine), and checks that calibrating it in float32 (28 GB)
+is refused in one line before any weight is read; `--models ""` runs only that.
 
 Usage: PYTHONPATH=. python bench/bench_real_scale.py --workdir DIR [--models llava-1.5-7b,...]
        [--layers 2] [--samples 2] [--full] [--steps calibrate,build-fp32,...]
@@ -76,6 +77,7 @@ def bench_model(model: str, layers: int | None, samples: int, workdir: Path, ste
         name: weight_bytes(args, dtype) for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))
     }
     recipe, image = workdir / f"{tag}.yaml", next(IMAGE.glob("*.jpg"))
+    refused_recipe = workdir / f"{tag}-float32.yaml"
     exe = [sys.executable, "-c", "from vtpexport.cli import main; main()"]
     on = ["--model", model, "--weights", str(weights)]
     # calibrate: --dtype auto holds fp32 where it fits, else bf16; the builds hold their precision.
@@ -127,6 +129,11 @@ def bench_model(model: str, layers: int | None, samples: int, workdir: Path, ste
         ),
         "verify": ([*exe, "verify", str(workdir / f"{tag}-fp32"), *on, "--max-new-tokens", "4"], "fp32"),
         "run": ([*exe, "run", str(workdir / f"{tag}-fp32"), "--image", str(image), "--prompt", "What is it?"], "fp32"),
+        # must be refused where float32 weights do not fit: one line, non-zero exit, no recipe
+        "refuse-fp32": (
+            [*exe, "calibrate", *on, "--flops-budget", "0.45", "--dtype", "float32", "--out", str(refused_recipe)],
+            "fp32",
+        ),
     }
     results = []
     for name in steps:
@@ -135,7 +142,14 @@ def bench_model(model: str, layers: int | None, samples: int, workdir: Path, ste
         command, held = plan[name]
         print(f"{tag}: {name} ...", flush=True)
         seconds, peak, ok, last = run_step(command, workdir / f"{tag}-{name}.log")
-        note = last[:90] if not ok else forward_passes(workdir / f"{tag}-{name}.log") if name == "calibrate" else ""
+        if name == "refuse-fp32":  # the expected outcome is the refusal
+            lines = (workdir / f"{tag}-{name}.log").read_text().strip().splitlines()
+            ok = not ok and len(lines) == 1 and last.startswith("error:") and not refused_recipe.exists()
+            last = f"refused: {last}" if ok else f"NOT refused as expected: {last}"
+        if name == "calibrate":
+            note = forward_passes(workdir / f"{tag}-{name}.log") if ok else last[:90]
+        else:
+            note = last[:160] if name == "refuse-fp32" or not ok else ""
         results.append(Step(tag, name, seconds, peak, dtype_bytes[held], ok, note))
         print(f"{tag}: {name} {'ok' if ok else 'FAILED'} in {seconds:.0f} s, peak {peak / 1e9:.2f} GB", flush=True)
     return results
@@ -167,12 +181,16 @@ def main(argv=None) -> str:
     options.workdir.mkdir(parents=True, exist_ok=True)
     steps = tuple(options.steps.split(","))
     results = []
-    for model in options.models.split(","):
+    for model in filter(None, options.models.split(",")):  # --models "" with --full: the 32-layer run only
         architecture(model)  # an unknown alias fails here, before hours of work
         results += bench_model(model, options.layers, options.samples, options.workdir, steps)
     if options.full:
         results += bench_model(
-            "llava-1.5-7b", None, options.samples, options.workdir, ("random-weights", "calibrate", "build-fp16")
+            "llava-1.5-7b",
+            None,
+            options.samples,
+            options.workdir,
+            ("random-weights", "refuse-fp32", "calibrate", "build-fp16"),
         )
     if not options.keep:
         for path in options.workdir.iterdir():

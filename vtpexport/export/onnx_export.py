@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..devices import DTYPES
 from ..graph.llava import LlavaGraph
@@ -67,13 +68,12 @@ def example_inputs(
             vision += (text_encoder(ids)[: vision[0].shape[0]],)
     if LLM not in specs:  # only the graphs a selector shapes (the LLM's inputs follow from the vision graph's)
         return inputs | {"vision": vision}
-    with torch.no_grad():
-        embeds = vision_graph(llava, recipe, text_encoder)(*vision)
+    embeds = output_like(vision_graph(llava, recipe, text_encoder), vision)
     image_embeds = embeds[0] if isinstance(embeds, tuple) else embeds
     # A token count with no small divisor: tracing at a multiple of 3 (say) lets the exporter
     # rewrite kept counts like n - n//3 over a private symbol that no dimension range bounds.
     count = next(n for n in range(image_embeds.shape[1] + 1, 1 << 16) if all(n % k for k in range(2, 13)))
-    image_embeds = image_embeds[:1, torch.arange(count) % image_embeds.shape[1]].expand(2, -1, -1).contiguous()
+    image_embeds = torch.randn(2, count, image_embeds.shape[2], generator=generator).to(image_embeds.dtype)
     vocab = args.text.vocab_size
     prefix = torch.randint(0, vocab, (2, 5), generator=generator)
     suffix = torch.randint(0, vocab, (2, 7), generator=generator)
@@ -81,18 +81,31 @@ def example_inputs(
     prefix_mask[1, :2] = 0  # left padding in one row
     prompt = dict(zip(PROMPT_INPUTS, (prefix, prefix_mask, image_embeds, suffix, torch.ones_like(suffix)), strict=True))
     llm, feedback = LlmGraph(llava, recipe, specs[LLM]), cache_feedback(args, recipe)
-    with torch.no_grad():
-        out = dict(
-            zip(
-                llm.output_names,
-                llm(*_in_order(llm, prompt | empty_past(specs[LLM], feedback.values(), batch=2))),
-                strict=True,
-            )
+    out = dict(
+        zip(
+            llm.output_names,
+            output_like(llm, _in_order(llm, prompt | empty_past(specs[LLM], feedback.values(), batch=2))),
+            strict=True,
         )
+    )
     # Traced with a prompt after full caches, so that no dimension is 0 (a 0 would be specialised):
     # the graph is the same for the context phase (empty caches) and the generation phase (no prompt).
     full = {past: out[present] for present, past in feedback.items()}
     return inputs | {"vision": vision, LLM: _in_order(llm, prompt | full)}
+
+
+def output_like(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | torch.Tensor:
+    """Tensors shaped and typed as `module(*inputs)`, found by a fake-tensor run that computes
+    nothing: tracing needs only the shapes, and running a 7B LLM in fp16 on a CPU (no fp16 matrix
+    units: ~8 GFLOP/s a core) takes most of an hour. Float outputs are zeros, the others ones."""
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        fake = module(*inputs)
+
+    def real(tensor: torch.Tensor) -> torch.Tensor:
+        fill = torch.zeros if tensor.dtype.is_floating_point else torch.ones
+        return fill(tensor.shape, dtype=tensor.dtype)
+
+    return tuple(real(t) for t in fake) if isinstance(fake, tuple) else real(fake)
 
 
 def _in_order(llm: LlmGraph, feeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:

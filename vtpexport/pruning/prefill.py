@@ -64,6 +64,10 @@ class ImageDropHook(PrefillHook):
     def drop(self, index: int, seq: Sequence, keep: int, scores: Callable[[], Tensor]) -> tuple[Sequence, Tensor]:
         """Keep `keep` image tokens, the top of `scores()` [B, n] (called only when scoring);
         returns the new sequence and the kept rows of the old one."""
+        # No schedule keeps more than the tokens left, but the exporter cannot prove it for counts
+        # like PyramidDrop's floor(N lambda^s) after floor(N lambda^(s-1)) at a calibrated lambda
+        # (0.577, say) and fails; the minimum, the same number, makes topk's k <= n evident to it.
+        keep = torch.sym_min(keep, seq.image_len)
         return self.drop_chosen(index, seq, lambda: topk_ascending(scores(), keep))
 
     def drop_chosen(self, index: int, seq: Sequence, choose: Callable[[], Tensor]) -> tuple[Sequence, Tensor]:
