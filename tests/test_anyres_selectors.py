@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import yaml
 from test_dart import pivot_oracle
 from test_divprune import max_min_oracle
 from torch.utils.flop_counter import FlopCounterMode
@@ -17,7 +18,8 @@ from vtpexport.errors import UserError
 from vtpexport.export.lint import lint_export
 from vtpexport.models.loader import architecture
 from vtpexport.pruning.fopru import fopru_significance
-from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
+from vtpexport.recipe import ModelRef, Recipe, SelectorSpec, check_selector
+from vtpexport.shipped_recipes import SELECTOR_EXAMPLES
 from vtpexport.verify import verify_export
 
 # (height, width): square, wide and tall grids, unpadding of rows and of columns, 1:5 extremes.
@@ -123,6 +125,33 @@ def test_per_tile_export_matches_eager_and_lints_for_tensorrt(exports, method):
     result = lint_export(folder)
     assert not result.issues, result.summary()
     assert all(g.attention_layers == g.fusable > 0 for g in result.graphs), result.summary()
+
+
+@pytest.mark.parametrize("method", sorted(SELECTOR_EXAMPLES))
+def test_only_a_selector_that_runs_per_tile_states_the_tile_rule(tmp_path, method):
+    """On any family: a recipe carries `tiles` exactly when LLaVA-NeXT accepts its selector. An
+    older recipe that carries `tiles: per_tile` on another selector still loads, and is written
+    back without it; another rule there is refused in one line."""
+    spec = SELECTOR_EXAMPLES[method][0]
+    args, tiled = architecture("tiny-llava-1.5"), architecture("tiny-llava-next")
+    recipe = Recipe("r", ModelRef(args.family, "tiny-llava-1.5", args.config_hash()), spec)
+    text = recipe.to_yaml()
+    try:
+        check_selector(tiled, spec)
+        runs_per_tile = True
+    except UserError as error:
+        runs_per_tile = "does not run per tile" not in str(error)
+    assert ("tiles" in yaml.safe_load(text)["selector"]) == runs_per_tile
+    if runs_per_tile:
+        return
+    (tmp_path / "old.yaml").write_text(text.replace("schedule: null", "  tiles: per_tile\nschedule: null"))
+    old = Recipe.load(tmp_path / "old.yaml")
+    assert old == recipe and old.to_yaml() == text
+    (tmp_path / "bad.yaml").write_text(text.replace("schedule: null", "  tiles: proportional\nschedule: null"))
+    with pytest.raises(
+        UserError, match=f"selector.tiles does not apply to method {re.escape(method)} .*got 'proportional'"
+    ):
+        Recipe.load(tmp_path / "bad.yaml")
 
 
 def test_the_recipe_states_the_tile_budget_rule(tmp_path):

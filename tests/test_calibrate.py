@@ -4,6 +4,7 @@ their budgets exactly, deterministically, and refuse bad input in one line."""
 import json
 import random
 import re
+from dataclasses import replace
 from fractions import Fraction
 from itertools import accumulate
 from pathlib import Path
@@ -37,7 +38,7 @@ from vtpexport.pruning.prefill import PrefillHook
 from vtpexport.pruning.pyramiddrop import default_stage_layers, solve_pyramiddrop
 from vtpexport.pruning.registry import schedule_method
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
-from vtpexport.runtime.eager import greedy_generate, prepare
+from vtpexport.runtime.eager import greedy_generate, image_embeddings, prepare
 
 DATA = Path(__file__).resolve().parents[1] / "calibration_data" / "calibration.jsonl"
 CPU = torch.device("cpu")
@@ -294,6 +295,94 @@ def test_fastv_ratio_is_the_smallest_meeting_the_budget(model, fraction):
         assert not budget.meets(ScheduleSpec("fastv", layer=2, ratio=round(schedule.ratio - 0.001, 3)))
 
 
+# --- LLaVA-NeXT: a selector keeps a count per tile, so a budget holds at an image size -------------
+
+
+def spent_at(recipe: Recipe, size: tuple[int, int], model) -> tuple[Fraction, int]:
+    """The paper-convention fraction `recipe` spends on an image of `size`, and the visual tokens
+    that enter the LLM, counted by running the selector on such an image (not by the layout)."""
+    image = random_image(*size)
+    n_image = image_embeddings(model, image).shape[0]
+    entering = n_image if recipe.selector is None else image_embeddings(model, image, recipe, "What?").shape[0]
+    report = paper_flops(model.args, recipe, n_image, size)
+    assert report.layers[0].tokens == entering
+    return Fraction(report.total, report.unpruned), entering
+
+
+NEXT_SIZES = [None, (40, 70)]  # None: the reference size, the largest tiling (64x64 on the tiny model)
+
+
+@pytest.mark.parametrize("size", NEXT_SIZES)
+def test_a_selector_alone_on_next_keeps_the_most_per_tile_that_meets_the_budget_at_the_size(tiny_models, size):
+    model = tiny_models["tiny-llava-next"]
+    result = calibrate(
+        CalibrationRequest("tiny-llava-next", "0.45", selector=SelectorSpec("divprune"), image_size=size)
+    )
+    recipe, at = result.recipe, size or (64, 64)
+    assert recipe.schedule is None and recipe.provenance["image_size"] == list(at) == list(result.image_size)
+    spent, entering = spent_at(recipe, at, model)
+    assert spent <= Fraction(45, 100) and result.report.layers[0].tokens == entering
+    more = Recipe("more", recipe.model, SelectorSpec("divprune", tokens=recipe.selector.tokens + 1))
+    assert spent_at(more, at, model)[0] > Fraction(45, 100)
+    # The count is the size's: 7 of 16 per tile at 64x64 (88 tokens unpruned), 4 at 40x70 (52).
+    assert recipe.selector.tokens == (7 if size is None else 4)
+    loaded = Recipe.from_dict(recipe.to_dict())
+    assert loaded == recipe
+    loaded.check_model(model.args, "tiny-llava-next")
+
+
+def test_a_ratio_selector_alone_takes_the_smallest_ratio_of_the_most_tokens_meeting_the_budget(tiny_models):
+    model = tiny_models["tiny-llava-1.5"]
+    recipe = calibrate(CalibrationRequest("tiny-llava-1.5", "0.45", selector=SelectorSpec("fopru-rank"))).recipe
+    ratio = Fraction(recipe.selector.ratio).limit_denominator(1000)
+    spent, entering = spent_at(recipe, (48, 48), model)
+    assert spent <= Fraction(45, 100) and entering == int(36 * ratio) and recipe.schedule is None
+    assert int(36 * (ratio - Fraction(1, 1000))) == entering - 1  # a smaller ratio keeps fewer
+    more = Recipe("more", recipe.model, SelectorSpec("fopru-rank", ratio=(entering + 1) / 36))
+    assert spent_at(more, (48, 48), model)[0] > Fraction(45, 100)
+
+
+@pytest.mark.parametrize("size", NEXT_SIZES)
+@pytest.mark.parametrize("method", ["fastv", "pyramiddrop"])
+def test_a_fixed_selector_count_on_next_leaves_only_the_schedule_to_solve(tiny_models, method, size):
+    model = tiny_models["tiny-llava-next"]
+    selector = SelectorSpec("divprune", tokens=6)
+    result = calibrate(CalibrationRequest("tiny-llava-next", "0.35", method, selector=selector, image_size=size))
+    recipe, at = result.recipe, size or (64, 64)
+    assert recipe.selector == selector and recipe.provenance["image_size"] == list(at)
+    spent, _ = spent_at(recipe, at, model)
+    assert spent <= Fraction(35, 100)
+    # One step less pruning on the 0.001 grid (a smaller R, a larger lambda) spends more than the budget.
+    step = -0.001 if method == "fastv" else 0.001
+    looser = replace(recipe.schedule, ratio=round(recipe.schedule.ratio + step, 3))
+    assert spent_at(Recipe("looser", recipe.model, selector, looser), at, model)[0] > Fraction(35, 100)
+    batch = prepare(model, [random_image(*at)], ["What?"], 2, recipe)
+    assert len(greedy_generate(model, batch, 2, stop_token_ids=(), recipe=recipe)[0]) == 2
+
+
+def test_a_per_tile_ratio_composes_with_fitprune_on_next(tiny_models):
+    """--selector-ratio: a share of each tile's patches (fopru-rank 0.5: 8 of 16)."""
+    model = tiny_models["tiny-llava-next"]
+    selector = SelectorSpec("fopru-rank", ratio=0.5)
+    request = CalibrationRequest("tiny-llava-next", 0.45, selector=selector, image_size=(40, 70), data=str(DATA))
+    recipe = calibrate(replace(request, samples=2)).recipe
+    spent, entering = spent_at(recipe, (40, 70), model)
+    # 5 tiles (the base and a 2x2 grid), 8 of each, and the grid's 4 image_newline tokens.
+    assert spent <= Fraction(45, 100) and recipe.schedule.visual_tokens == entering == 5 * 8 + 4
+
+
+def test_calibrate_on_next_states_the_image_size(tmp_path):
+    out = tmp_path / "r.yaml"
+    result = invoke(
+        "--model", "tiny-llava-next", "--flops-budget", "0.45", "--selector", "divprune", "--image-size", "40x70",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "40x70 image: 52 visual tokens" in result.output and "24 entering the LLM" in result.output
+    recipe = Recipe.load(out)
+    assert recipe.provenance["image_size"] == [40, 70] and recipe.selector.tokens == 4
+
+
 def test_default_stages_scale_with_depth():
     assert default_stage_layers(32) == (8, 16, 24)
     assert default_stage_layers(40) == (10, 20, 30)
@@ -356,7 +445,9 @@ def test_the_command_says_what_it_produced(tmp_path, monkeypatch):
     assert "wrote recipes/fitprune-tiny-llava-1.5-b045.yaml" in out
     assert re.search(r"alpha 0\.\d\d \(bisected on the 0\.01 grid\): its recipe meets the budget", out)
     assert "samples: 3 used, 0 skipped" in out and "wall time" in out
-    assert re.search(r"flops budget 0\.45 of the unpruned visual-token LLM FLOPs: spends 0\.4\d{3}", out)
+    assert re.search(
+        r"flops budget 0\.45 of the unpruned visual-token LLM FLOPs at a 48x48 image: spends 0\.4\d{3}", out
+    )
     assert "exact whole model, prefill" in out and "paper MACs" in out
     recipe = Recipe.load(tmp_path / "recipes" / "fitprune-tiny-llava-1.5-b045.yaml")
     assert recipe.provenance["data"] == "calibration_data/calibration.jsonl (default)"
@@ -449,13 +540,21 @@ def test_unwritable_out(tmp_path):
 @pytest.mark.parametrize(
     "args, pattern",
     [
-        (["--selector", "prumerge"], r"data-dependent number of tokens"),
+        (["--selector", "prumerge", "--method", "fitprune"], r"give the count of selector prumerge \(--selector-tok"),
+        (["--selector", "divprune", "--method", "fastv"], r"or leave out --method to solve the selector's tokens"),
+        (["--selector", "recover"], r"data-dependent number of tokens"),
+        (["--selector", "divprune", "--flops-budget", "0.01"], r"the minimum is 0\.0254 \(tokens = 1\)"),
+        (["--image-size", "40x"], r"--image-size wants HEIGHTxWIDTH"),
         (["--selector-ratio", "0.5"], r"--selector-ratio and --selector-tokens need --selector"),
-        (["--selector", "fopru-rank"], r"fopru-rank needs ratio, a number in \(0, 1\]"),
+        (
+            ["--selector", "fopru-rank", "--method", "fastv"],
+            r"give the count of selector fopru-rank \(--selector-ratio\)",
+        ),
+        (["--selector", "fopru-rank", "--selector-tokens", "3"], r"tokens does not apply to method fopru-rank"),
         (["--device", "cuda:7"], r"--device cuda:7"),
         (
-            ["--model", "tiny-llava-next", "--selector", "fopru-rank", "--selector-ratio", "0.5"],
-            r"fopru-rank keeps a count per tile on llava-next.s anyres images.*calibrate does not solve",
+            ["--model", "tiny-llava-next", "--selector", "fopru-row"],
+            r"selector fopru-row does not run per tile on llava-next's anyres images: it keeps whole patch-grid rows",
         ),
         (["--method", "pyramiddrop", "--stage-layers", "2,x"], r"--stage-layers wants layer numbers"),
         (["--method", "fastv", "--fastv-layer", "4"], r"fastv layer must be in \[1, 4\)"),

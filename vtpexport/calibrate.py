@@ -1,8 +1,10 @@
 """Calibration: a FLOPs budget (and, for FitPrune, statistics over a dataset) -> a recipe.
 
 The budget is a fraction of the unpruned model's visual-token LLM MACs in the papers'
-convention (`flops.paper_flops`), computed on the composed plan (selector + schedule) at the
-model's reference image size. Every check against it is exact integer arithmetic.
+convention (`flops.paper_flops`), computed on the composed plan (selector + schedule) at one
+image size: the model's reference size, or the one the user states. On LLaVA-NeXT a selector
+keeps a count per tile, so the tokens entering the LLM, and the budget, follow from that size.
+Every check against it is exact integer arithmetic.
 
 - FitPrune (METHODS.md): per layer and sample, the attention masses text rows and visual rows
   give the visual tokens in the unpruned model (W_c, W_s); fit(alpha), a layer-by-layer
@@ -12,6 +14,8 @@ model's reference image size. Every check against it is exact integer arithmetic
   does not meet it).
 - Methods declared "analytic" (PyramidDrop, FastV): their free parameter (lambda, R) solved for
   the budget on a 0.001 grid, without data, by the method's own `solve` (pruning/<method>.py).
+- A selector alone, its count left out: the count its declaration names (`count_field`) that
+  keeps the most tokens while meeting the budget, without data.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -40,6 +44,7 @@ from .pruning.prefill import PrefillHook
 from .pruning.registry import schedule_method
 from .recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec, check_selector
 from .schema import slugify
+from .viz import parse_image_size
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "calibration_data" / "calibration.jsonl"
 ALPHA_STEPS = 100  # alpha is searched on the grid k / 100
@@ -62,28 +67,35 @@ def parse_budget(value: str | float) -> Fraction:
     return budget
 
 
-def reference_image(args: LlavaArgs) -> tuple[tuple[int, int], int, int]:
-    """(height, width), visual tokens and CLIP tiles of the image size budgets are computed at:
-    the native size, or LLaVA-NeXT's largest tiling (as `vtpexport inspect` counts by default)."""
-    size = args.layout.reference_size()
+def reference_image(args: LlavaArgs, size: tuple[int, int] | None = None) -> tuple[tuple[int, int], int, int]:
+    """(height, width), visual tokens and CLIP tiles of the image size a budget is computed at:
+    `size` where the layout's counts depend on it (LLaVA-NeXT), else the reference size (the
+    native input, or LLaVA-NeXT's largest tiling, as `vtpexport inspect` counts by default)."""
+    size = size if size is not None and args.layout.tiled else args.layout.reference_size()
     return size, args.layout.num_tokens(size), args.layout.num_tiles(size)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """`fraction` of the unpruned visual-token LLM MACs of `model` at `n_image` tokens."""
+    """`fraction` of the unpruned visual-token LLM MACs of `model` for an image of `image_size`
+    (height, width; None: the layout's reference size) and `n_image` tokens."""
 
     fraction: Fraction
     args: LlavaArgs
     model: ModelRef
     n_image: int
     selector: SelectorSpec | None = None
+    image_size: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image_size or self.args.layout.reference_size()
 
     def recipe(self, schedule: ScheduleSpec | None, name: str = "candidate", provenance: dict | None = None) -> Recipe:
         return Recipe(name, self.model, self.selector, schedule, provenance or {})
 
     def report(self, schedule: ScheduleSpec | None) -> FlopsReport:
-        return paper_flops(self.args, self.recipe(schedule), self.n_image)
+        return paper_flops(self.args, self.recipe(schedule), self.n_image, self.size)
 
     def allows(self, macs: int, unpruned: int) -> bool:
         return macs * self.fraction.denominator <= unpruned * self.fraction.numerator
@@ -94,8 +106,8 @@ class Budget:
 
     @property
     def visual_tokens(self) -> int:
-        """Visual tokens entering the LLM at the reference size (after the selector)."""
-        n = self.recipe(None).visual_tokens(self.args, self.n_image)
+        """Visual tokens entering the LLM at the budget's image size (after the selector)."""
+        n = self.recipe(None).visual_tokens(self.args, self.n_image, self.size)
         if n is None:
             raise UserError(
                 f"selector {self.selector.method} keeps a data-dependent number of tokens, so no FLOPs budget "
@@ -103,7 +115,7 @@ class Budget:
             )
         return n
 
-    def unreachable(self, method: str, floor: ScheduleSpec, how: str) -> UserError:
+    def unreachable(self, method: str, floor: ScheduleSpec | None, how: str) -> UserError:
         return UserError(
             f"flops budget {float(self.fraction):g} is below what {method} can reach on {self.model.name}: "
             f"the minimum is {_ratio_up(self.report(floor))} ({how})"
@@ -413,6 +425,45 @@ def fitprune_floor(budget: Budget) -> ScheduleSpec:
     return ScheduleSpec("fitprune", drop=(n,) + (0,) * (budget.args.text.num_layers - 1), visual_tokens=n)
 
 
+# --- a selector alone --------------------------------------------------------------------------
+
+
+def solve_selector(budget: Budget) -> tuple[SelectorSpec, str]:
+    """The count of `budget.selector` (its declaration's `count_field`, left out) that keeps the
+    most visual tokens while meeting the budget with no schedule, and a line saying what was
+    solved. Of the settings that keep the same count, the first (the smallest ratio) is taken."""
+    spec, args = budget.selector, budget.args
+    method, key = spec.declaration, spec.declaration.count_field
+    patches, grid = args.vision.num_patches, args.vision.grid_size
+    by_count: dict[int, SelectorSpec] = {}  # kept per tile -> the first setting keeping it
+    for value in method.count_settings(patches, grid):
+        candidate = replace(spec, **{key: value})
+        try:
+            by_count.setdefault(candidate.output_tokens(patches, grid), candidate)
+        except UserError:  # a setting the method refuses for this grid (pool's non-square counts)
+            continue
+    candidates = [by_count[count] for count in sorted(by_count) if count > 0]  # an image must keep a token
+    floor = candidates[0]
+    floor.validate()  # the user's other fields
+    check_selector(args, floor)  # the refusals (tiles, probes) before any count is weighed
+    if not replace(budget, selector=floor).meets(None):
+        raise replace(budget, selector=floor).unreachable(spec.method, None, f"{key} = {getattr(floor, key)}")
+    # Tokens entering the LLM, and so the MACs, never decrease along `candidates`: bisect for the last that meets.
+    lo, hi = 0, len(candidates)  # candidates[lo] meets; candidates[hi] (past the end) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if replace(budget, selector=candidates[mid]).meets(None) else (lo, mid)
+    best = candidates[lo]
+    kept = best.output_tokens(patches, grid)
+    where = f" of each tile's {patches} patches" if args.layout.tiled else f" of {patches} patches"
+    solved = (
+        f"{key} = {getattr(best, key)} ({kept} kept{where}), the most kept meeting the budget with no schedule; "
+        f"{replace(budget, selector=best).visual_tokens} visual tokens enter the LLM at "
+        f"{budget.size[0]}x{budget.size[1]}"
+    )
+    return best, solved
+
+
 def prepare_prompts(model, samples: Samples, selector: SelectorSpec | None, device: torch.device, progress=iter):
     """Each sample at the LLM's input: prompt tokens embedded, image through the vision stage
     (and the selector), on `device`. One prompt per batch, so there is no padding."""
@@ -455,9 +506,12 @@ def prompt_sequence(decoder: Decoder, batch, device: torch.device) -> Sequence:
 class CalibrationRequest:
     model: str
     flops_budget: str | float
-    method: str = "fitprune"
+    # The schedule solved. None: fitprune, or, for a selector whose count is left out, no
+    # schedule (the selector's count is solved alone).
+    method: str | None = None
     weights: str | None = None
     selector: SelectorSpec | None = None
+    image_size: tuple[int, int] | None = None  # (height, width) the budget holds at; None: the reference size
     data: str | None = None  # None: the shipped calibration_data/
     samples: int = 64
     seed: int = 0
@@ -478,6 +532,7 @@ class CalibrationRequest:
         selector_ratio: float | None = None,
         selector_tokens: int | None = None,
         stage_layers: str | None = None,
+        image_size: str | None = None,
         **fields,
     ) -> CalibrationRequest:
         """A request from the command line's options (the recipe is named after --out's file)."""
@@ -490,7 +545,22 @@ class CalibrationRequest:
             except ValueError:
                 raise UserError(f"--stage-layers wants layer numbers like 8,16,24, got {stage_layers!r}") from None
         spec = SelectorSpec(selector, ratio=selector_ratio, tokens=selector_tokens) if selector else None
-        return cls(model, selector=spec, stage_layers=layers, name=Path(out).stem if out else None, **fields)
+        size = parse_image_size(image_size) if image_size is not None else None
+        name = Path(out).stem if out else None
+        return cls(model, selector=spec, stage_layers=layers, image_size=size, name=name, **fields)
+
+    @property
+    def selector_count_left_out(self) -> bool:
+        """Whether the selector's count (its declaration's `count_field`) is left for calibrate."""
+        key = self.selector.declaration.count_field if self.selector else None
+        return key is not None and getattr(self.selector, key) is None
+
+    @property
+    def schedule(self) -> str | None:
+        """The schedule solved; None when the selector's count is solved alone."""
+        if self.method is None and self.selector_count_left_out:
+            return None
+        return self.method or "fitprune"
 
     @property
     def recipe_name(self) -> str:
@@ -498,8 +568,9 @@ class CalibrationRequest:
             return slugify(self.name)  # from --out's file name; a recipe name is a file-name slug
         model = Path(self.model).name if Path(self.model).is_dir() else self.model
         digits = str(float(parse_budget(self.flops_budget))).replace(".", "")
-        selector = f"{self.selector.method}-" if self.selector else ""
-        return slugify(f"{selector}{self.method}-{model}-b{digits}")
+        methods = [self.selector.method] if self.selector else []
+        methods += [self.schedule] if self.schedule else []
+        return slugify(f"{'-'.join(methods)}-{model}-b{digits}")
 
 
 @dataclass
@@ -520,10 +591,11 @@ class FitPruneRun:
 class CalibrationResult:
     recipe: Recipe
     args: LlavaArgs
-    report: FlopsReport  # paper convention at the reference image size
+    report: FlopsReport  # paper convention at the budget's image size
     exact: ExactMacs  # whole-model prefill, pruned
     exact_unpruned: ExactMacs
     text_tokens: tuple[int, int]  # (prefix, suffix) prompt lengths the exact count assumes
+    image_size: tuple[int, int]  # (height, width) the budget holds at
     tiles: int
     seconds: float
     fitprune: FitPruneRun | None = None
@@ -534,7 +606,8 @@ ILLUSTRATIVE_TEXT = (35, 40)  # prompt lengths for the exact count when no promp
 
 
 def calibrate(request: CalibrationRequest, progress: bool = False) -> CalibrationResult:
-    """Solve (PyramidDrop, FastV) or calibrate (FitPrune) for the budget; nothing is written.
+    """Solve (PyramidDrop, FastV, a selector's count) or calibrate (FitPrune) for the budget at
+    the request's image size; nothing is written.
 
     Every input is checked before a model is loaded: the budget, its reachability, the data.
     """
@@ -542,30 +615,45 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
 
     start = time.monotonic()
     fraction = parse_budget(request.flops_budget)
-    method = schedule_method(request.method)
+    name = request.schedule
+    method = schedule_method(name) if name else None
     source = resolve_model(request.model, request.weights)
     args = source.args
-    if request.selector is not None:
+    if request.selector is not None and method is not None:
+        if request.selector_count_left_out:
+            key = request.selector.declaration.count_field
+            raise UserError(
+                f"give the count of selector {request.selector.method} (--selector-{key}) to solve {name} for "
+                f"the budget, or leave out --method to solve the selector's {key} alone"
+            )
         request.selector.validate()
         check_selector(args, request.selector)
-    size, n_image, tiles = reference_image(args)
-    budget = Budget(fraction, args, ModelRef(args.family, source.name, args.config_hash()), n_image, request.selector)
+    size, n_image, tiles = reference_image(args, request.image_size)
+    notes = []
+    if request.image_size is not None and size != request.image_size:
+        notes.append(f"--image-size ignored: {args.family} takes every image as one {size[0]}x{size[1]} tile")
+    model = ModelRef(args.family, source.name, args.config_hash())
+    budget = Budget(fraction, args, model, n_image, request.selector, size)
     provenance = {
         "tool": f"vtpexport {__version__}",
         "produced_by": "vtpexport calibrate",
-        "method": request.method,
+        "method": name or request.selector.method,
         "flops_budget": float(fraction),
-        "image_size": list(size),
+        "image_size": list(size),  # the budget holds at this size (on LLaVA-NeXT, counts follow from it)
         "image_tokens": n_image,
     }
-    notes, run, text = [], None, ILLUSTRATIVE_TEXT
-    if method.calibration == "data":
+    run, text = None, ILLUSTRATIVE_TEXT
+    if method is not None and method.calibration == "data":
         schedule, run, extra = _calibrate_fitprune(request, budget, progress)
         text = run.text_tokens
     else:
         if request.data is not None:
-            notes.append(f"--data ignored: {request.method} is solved analytically for the budget, without data")
-        schedule, solved = method.solve(budget, {"layer": request.fastv_layer, "layers": request.stage_layers})
+            notes.append(f"--data ignored: {provenance['method']} is solved analytically for the budget, without data")
+        if method is None:
+            selector, solved = solve_selector(budget)
+            budget, schedule = replace(budget, selector=selector), None
+        else:
+            schedule, solved = method.solve(budget, {"layer": request.fastv_layer, "layers": request.stage_layers})
         extra = {"solved": solved}
     report = budget.report(schedule)
     provenance.update(extra)
@@ -578,9 +666,10 @@ def calibrate(request: CalibrationRequest, progress: bool = False) -> Calibratio
         recipe,
         args,
         report,
-        exact_prefill_macs(args, recipe, n_image, *text, tiles),
+        exact_prefill_macs(args, recipe, n_image, *text, tiles, size),
         exact_prefill_macs(args, None, n_image, *text, tiles),
         text,
+        size,
         tiles,
         time.monotonic() - start,
         run,
@@ -714,9 +803,11 @@ def calibration_view(result: CalibrationResult):
         )
     else:
         lines.append(provenance["solved"])
+    height, width = result.image_size
     lines.append(
-        f"flops budget {provenance['flops_budget']:g} of the unpruned visual-token LLM FLOPs: spends "
-        f"{report.ratio:.4f} (paper convention, {report.n_image} visual tokens); exact whole-model prefill "
+        f"flops budget {provenance['flops_budget']:g} of the unpruned visual-token LLM FLOPs at a {height}x{width} "
+        f"image: spends {report.ratio:.4f} (paper convention, {report.n_image} visual tokens unpruned, "
+        f"{report.layers[0].tokens} entering the LLM); exact whole-model prefill "
         f"{result.exact.total / result.exact_unpruned.total:.4f} of unpruned"
     )
     lines.append(f"wall time {result.seconds:.1f} s")
@@ -724,11 +815,11 @@ def calibration_view(result: CalibrationResult):
     if run is not None and run.skipped:
         lines.append("skipped: " + ", ".join(run.skipped))
     view = flops_view(
-        f"{recipe.name} on {recipe.model.name}",
+        f"{recipe.name} on {recipe.model.name}, {height}x{width} image: {report.n_image} visual tokens",
         report,
         result.exact,
         result.exact_unpruned,
-        exact_decode_macs(args, cache_lengths(args, recipe, report.n_image, prefix, suffix)),
+        exact_decode_macs(args, cache_lengths(args, recipe, report.n_image, prefix, suffix, result.image_size)),
         exact_decode_macs(args, cache_lengths(args, None, report.n_image, prefix, suffix)),
         f"P={prefix} + T={suffix} text tokens{'' if run is not None else ', illustrative'}, "
         f"{result.tiles} CLIP tile{'s' if result.tiles > 1 else ''}",

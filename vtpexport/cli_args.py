@@ -61,6 +61,13 @@ BACKEND = click.option("--backend", type=click.Choice(BACKENDS), default="ort", 
 FORCE = click.option("--force", is_flag=True, help="Replace an existing output.")
 IMAGE = click.option("--image", "image_path", required=True, help="Image file.")
 PROMPT = click.option("--prompt", required=True, help="Question about the image.")
+IMAGE_SIZE = click.option(
+    "--image-size",
+    default=None,
+    metavar="HxW",
+    help="Image size in pixels the token counts hold at; they depend on it only for LLaVA-NeXT's anyres tiles "
+    "(default: the model's reference size, its largest tiling).",
+)
 TEXT_ENCODER = click.option(
     "--text-encoder",
     default=None,
@@ -132,15 +139,26 @@ CALIBRATION = [
         metavar="B",
         help="Fraction in (0, 1] of the unpruned visual-token LLM FLOPs (paper convention) the pruned model may spend.",
     ),
-    click.option("--method", type=_Methods("schedule"), default="fitprune", show_default=True),
+    click.option(
+        "--method",
+        type=_Methods("schedule"),
+        default=None,
+        help="The schedule solved for the budget (default: fitprune; none with a --selector given without its "
+        "count, whose count is then solved alone).",
+    ),
     click.option(
         "--selector",
         type=_Methods("selector"),
         default=None,
         help="A pre-LLM selector composed with the schedule; the budget covers both.",
     ),
-    click.option("--selector-ratio", type=float, default=None, help="The selector's share of tokens / rows kept."),
-    click.option("--selector-tokens", type=int, default=None, help="The selector's fixed count of kept tokens."),
+    click.option(
+        "--selector-ratio", type=float, default=None, help="The selector's share of tokens / rows kept (per tile)."
+    ),
+    click.option(
+        "--selector-tokens", type=int, default=None, help="The selector's fixed count of kept tokens (per tile)."
+    ),
+    IMAGE_SIZE,
     click.option(
         "--data",
         default=None,
@@ -210,7 +228,7 @@ VERIFY = [
 # `vtpexport inspect`: the model and prompt the FLOPs are counted for.
 INSPECT = [
     MODEL,
-    click.option("--image-size", default=None, metavar="HxW", help="Image size (default: the model's reference size)."),
+    IMAGE_SIZE,
     click.option(
         "--prefix-len", type=click.IntRange(0), default=35, show_default=True, help="Text tokens before the image."
     ),

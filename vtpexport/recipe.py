@@ -110,8 +110,7 @@ class Recipe:
             raise UserError(
                 f"recipe {self.name!r}: {self.selector.method} keeps a count per tile on {args.family}'s "
                 f"{args.layout.rule} images, so the tokens entering the LLM follow from the image size, not from a "
-                "token count; count them at a size (vtpexport inspect --image-size HxW); calibrate does not solve "
-                "per-tile budgets yet"
+                "token count; count them at a size (vtpexport inspect / calibrate --image-size HxW)"
             )
         return args.layout.selected_tokens(image_size, keep)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ops import gather_tokens, masked_scores
-from .registry import TILES, CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
+from .registry import CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
 
 # The reference's default pivots for LLaVA are 4 image + 4 question tokens; before the LLM
 # all 8 are image tokens.
@@ -62,7 +62,6 @@ def dart_keep(features: Tensor, tokens: int, valid: Tensor | None = None) -> Ten
 class Dart(CountSelector):
     name = "dart"
     summary = "keep 8 pivot tokens of largest L1 norm and the tokens least cosine-similar to them (DART, pre-LLM)"
-    fields = CountSelector.fields | TILES
     probe = VisionProbe(projected=True)
     tiles_refusal = None
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ops import gather_tokens, masked_scores
-from .registry import TILES, CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
+from .registry import CountSelector, Selection, SelectorInputs, SelectorSpec, VisionProbe, register
 
 
 def cosine_distance(features: Tensor) -> Tensor:
@@ -56,7 +56,6 @@ def divprune_picks(features: Tensor, tokens: int, valid: Tensor | None = None) -
 class DivPrune(CountSelector):
     name = "divprune"
     summary = "keep `tokens` projected tokens by greedy max-min cosine diversity (DivPrune), raster order"
-    fields = CountSelector.fields | TILES
     probe = VisionProbe(projected=True)
     tiles_refusal = None
 

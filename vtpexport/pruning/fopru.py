@@ -10,7 +10,17 @@ from torch import Tensor
 
 from ..schema import Field
 from .ops import gather_tokens, masked_scores, topk_ascending
-from .registry import RATIO, TILES, Selection, Selector, SelectorInputs, SelectorSpec, VisionProbe, ratio, register
+from .registry import (
+    PARAMETER_STEPS,
+    RATIO,
+    Selection,
+    Selector,
+    SelectorInputs,
+    SelectorSpec,
+    VisionProbe,
+    ratio,
+    register,
+)
 
 
 def fopru_significance(attn_probs: Tensor, cls_tokens: int = 1) -> Tensor:
@@ -43,6 +53,11 @@ class _FoPru(Selector):
     fields = {"ratio": Field(RATIO)}  # the share of tokens (rank) or grid rows (row) kept
     probe = VisionProbe(attention=True)
     tiles_refusal = "keeps whole patch-grid rows, and unpadding cuts the rows of LLaVA-NeXT's edge tiles"
+    count_field = "ratio"
+
+    def count_settings(self, num_patches: int, grid_size: int) -> list:
+        """The ratios of the 0.001 grid of (0, 1]."""
+        return [k / PARAMETER_STEPS for k in range(1, PARAMETER_STEPS + 1)]
 
     def kept(self, significance: Tensor, keep: int, grid_size: int) -> Tensor:
         raise NotImplementedError
@@ -60,7 +75,6 @@ class _FoPru(Selector):
 class FoPruRank(_FoPru):
     name = "fopru-rank"
     summary = "keep the floor(N ratio) tokens of highest significance (vision-encoder attention)"
-    fields = _FoPru.fields | TILES
     tiles_refusal = None
 
     def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:

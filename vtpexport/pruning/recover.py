@@ -123,6 +123,7 @@ class Recover(Selector):
     rules = (all_or_none("tokens", "text_tokens", "merge_tokens"),)
     probe = VisionProbe(cls_qk=True, question=True, cls_token=True)
     tiles_refusal = "starts from PruMerge's CLS outliers and merges over one whole CLIP image (not built per tile)"
+    count_field = None  # three counts (outliers, question-relevant, centres), not one
 
     def adaptive(self, spec: SelectorSpec) -> bool:
         return spec.tokens is None

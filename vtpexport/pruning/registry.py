@@ -42,8 +42,12 @@ NULLABLE_COUNT = Nullable(COUNT)
 ORDER = Text(choices=("raster", "score"))
 # How a selector's count splits over an image's tiles (LLaVA-NeXT): `per_tile`, the same count in
 # the base tile and in every high-resolution tile (see graph/layout.py, AnyresTiles).
-TILE_RULE = Text(choices=("per_tile",))
-TILES = {"tiles": Field(TILE_RULE, required=False)}  # the field of every selector that runs per tile
+PER_TILE = "per_tile"
+TILE_RULE = Text(choices=(PER_TILE,))
+# The field of every selector that runs per tile (`Selector.runs_per_tile`, read from its
+# `tiles_refusal`): `Selector.recipe_fields` adds it (a declaration need not list it) and its
+# recipes write it, so that they state the rule.
+TILES = {"tiles": Field(TILE_RULE, required=False)}
 
 
 def all_or_none(*keys: str) -> Rule:
@@ -71,7 +75,8 @@ class SelectorSpec:
     order: str = "raster"
     text_tokens: int | None = None
     merge_tokens: int | None = None
-    tiles: str = "per_tile"
+    # The split over LLaVA-NeXT tiles; a recipe carries it only for a selector that runs per tile.
+    tiles: str = PER_TILE
 
     @property
     def declaration(self) -> Selector:
@@ -144,6 +149,11 @@ class Method:
     fields: ClassVar[dict[str, Field]] = {}
     rules: ClassVar[tuple[Rule, ...]] = ()  # cross-field rules on the (type-checked) fields
 
+    @property
+    def recipe_fields(self) -> dict[str, Field]:
+        """The fields a recipe of this method may carry."""
+        return self.fields
+
     def error(self, message: str) -> UserError:
         return UserError(f"{self.name} {message}")
 
@@ -195,6 +205,25 @@ class Selector(Method):
     probe: ClassVar[VisionProbe] = VisionProbe()
     # Why the method cannot run per LLaVA-NeXT tile (None: it can, reading `SelectorInputs.valid`).
     tiles_refusal: ClassVar[str | None] = "is not built for tiles (not yet)"
+    # The recipe field that sets the kept count, which `vtpexport calibrate` solves for a FLOPs
+    # budget when the user leaves it out (None: no one field does).
+    count_field: ClassVar[str | None] = "tokens"
+
+    @property
+    def runs_per_tile(self) -> bool:
+        """Whether the method runs on each LLaVA-NeXT tile (and its recipes state the `tiles` rule)."""
+        return self.tiles_refusal is None
+
+    @property
+    def recipe_fields(self) -> dict[str, Field]:
+        """Its own fields, and `tiles` exactly where it runs per tile (whether or not `fields` lists it)."""
+        own = {key: value for key, value in self.fields.items() if key not in TILES}
+        return own | TILES if self.runs_per_tile else own
+
+    def count_settings(self, num_patches: int, grid_size: int) -> list:
+        """Values of `count_field` that calibrate tries, in order of the count kept (those the
+        method refuses are skipped): every count of 1 to `num_patches` patches."""
+        return list(range(1, num_patches + 1))
 
     def adaptive(self, spec: SelectorSpec) -> bool:
         return False
@@ -338,8 +367,22 @@ def schedule_method(name: str) -> Schedule:
 
 
 def describe(spec: SelectorSpec | ScheduleSpec) -> dict:
-    """The spec as a recipe stores it (tuples as lists)."""
+    """The spec as a recipe stores it (tuples as lists); a selector that does not run per tile
+    leaves the `tiles` rule out (unless set to another rule, which its validation refuses)."""
+    out = _as_lists(spec)
+    if isinstance(spec, SelectorSpec) and spec.tiles == PER_TILE and not _runs_per_tile(spec.method):
+        del out["tiles"]
+    return out
+
+
+def _as_lists(spec: SelectorSpec | ScheduleSpec) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+
+
+def _runs_per_tile(name: str) -> bool:
+    """An unknown selector counts as one that does (its validation names the known ones)."""
+    method = methods("selector").get(name)
+    return method is None or method.runs_per_tile
 
 
 class _Declared(Mapping):
@@ -350,7 +393,7 @@ class _Declared(Mapping):
         self.kind = kind
 
     def _records(self) -> dict[str, Record]:
-        return {name: Record(m.fields, m.rules, f"a {self.kind}") for name, m in methods(self.kind).items()}
+        return {name: Record(m.recipe_fields, m.rules, f"a {self.kind}") for name, m in methods(self.kind).items()}
 
     def __getitem__(self, name: str) -> Record:
         return self._records()[name]
@@ -363,8 +406,10 @@ class _Declared(Mapping):
 
 
 def _defaults(spec: SelectorSpec | ScheduleSpec) -> dict:
-    """What a serialised spec writes for the fields of other methods: accepted at these values only."""
-    return {key: value for key, value in describe(spec).items() if key != "method"}
+    """What a serialised spec writes for the fields of other methods: accepted at these values only
+    (so `tiles: per_tile`, which every selector's recipe carried before only those that run per
+    tile did, still loads on the others)."""
+    return {key: value for key, value in _as_lists(spec).items() if key != "method"}
 
 
 SELECTOR = Tagged("method", _Declared("selector"), _defaults(SelectorSpec("")), "a selector mapping")
