@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from test_cdpruner import determinant_greedy, oracle_relevance
 from test_dart import pivot_oracle
 from test_divprune import max_min_oracle
 from torch.utils.flop_counter import FlopCounterMode
@@ -16,16 +17,48 @@ from torch.utils.flop_counter import FlopCounterMode
 from vtpexport.errors import UserError
 from vtpexport.export.lint import lint_export
 from vtpexport.models.loader import architecture
+from vtpexport.models.text_encoder import attach_text_encoder
 from vtpexport.pruning.fopru import fopru_significance
 from vtpexport.recipe import ModelRef, Recipe, SelectorSpec
 from vtpexport.verify import verify_export
 
 # (height, width): square, wide and tall grids, unpadding of rows and of columns, 1:5 extremes.
 SIZES = [(64, 64), (64, 40), (30, 90), (33, 64), (100, 20), (20, 100), (40, 70)]
+QUESTION = "What is left of the red car?"
 
 
-def tile_oracle(method: str, graph, tiles: torch.Tensor, tile: int, allowed: list[int], keep: int) -> set[int]:
-    """The patches of tile `tile` the method keeps when it sees only `allowed` (raster indices)."""
+def question_inputs(model, spec: SelectorSpec) -> tuple:
+    """What a text-guided selector reads besides the tiles: the question's CLIP text embeddings
+    [1, P] and CLIP's visual projection."""
+    if not spec.text_guided:
+        return ()
+    attach_text_encoder(model, None)
+    with torch.no_grad():
+        return model.text_encoder.embed([QUESTION]), model.text_encoder.module.visual_projection
+
+
+def dpp_tile_oracle(graph, tiles, tile: int, candidates: list[list[int]], count: int, question: tuple) -> list[int]:
+    """CDPruner: relevance normalised over the image's candidates (every tile's), then the
+    determinant-greedy DPP on the tile's candidates alone."""
+    text_embeds, visual_projection = question
+    features = graph.vision(tiles, feature_layer=graph.args.feature_layer_index).features[:, 1:]
+    patch_embeds = visual_projection(graph.vision.post_layernorm(features)).double().numpy()
+    among = np.zeros(patch_embeds.shape[:2], dtype=bool)
+    for t, allowed in enumerate(candidates):
+        among[t, allowed] = True
+    flat = patch_embeds.reshape(-1, patch_embeds.shape[-1])
+    relevance = oracle_relevance(flat, text_embeds[0].double().numpy(), among.reshape(-1)).reshape(among.shape)
+    allowed = candidates[tile]
+    projected = graph.tile_features(tiles[tile : tile + 1])[0, allowed].double().numpy()
+    return determinant_greedy(projected, relevance[tile, allowed], count)
+
+
+def tile_oracle(
+    method: str, graph, tiles, tile: int, candidates: list[list[int]], keep: int, question: tuple
+) -> set[int]:
+    """The patches of tile `tile` the method keeps when it sees only its candidates (raster
+    indices; `candidates` holds every tile's)."""
+    allowed = candidates[tile]
     count = min(keep, len(allowed))
     if method == "random":  # the first of the seeded draw order that the tile holds
         order = np.random.default_rng(0).permutation(graph.args.tokens_per_tile)
@@ -35,6 +68,8 @@ def tile_oracle(method: str, graph, tiles: torch.Tensor, tile: int, allowed: lis
         probs = graph.vision(tiles[tile : tile + 1], feature_layer=layer, attn_layer=layer).attn_probs
         significance = fopru_significance(probs, 1)[0].tolist()
         return set(sorted(allowed, key=lambda p: (-significance[p], p))[:count])
+    if method == "cdpruner":
+        return {allowed[i] for i in dpp_tile_oracle(graph, tiles, tile, candidates, count, question)}
     features = graph.tile_features(tiles[tile : tile + 1])[0, allowed].double().numpy()
     oracle = {"divprune": max_min_oracle, "dart": pivot_oracle}[method]
     return {allowed[i] for i in oracle(features, count)}
@@ -45,15 +80,18 @@ SPECS = {
     "dart": SelectorSpec("dart", tokens=10),
     "random": SelectorSpec("random", tokens=5),
     "fopru-rank": SelectorSpec("fopru-rank", ratio=0.5),
+    "cdpruner": SelectorSpec("cdpruner", tokens=6),
 }
 
 
 @pytest.mark.parametrize("method", sorted(SPECS))
 def test_per_tile_selection_is_the_unpruned_sequence_less_the_unkept_patches(tiny_models, method):
-    graph = tiny_models["tiny-llava-next"].graph
+    model = tiny_models["tiny-llava-next"]
+    graph = model.graph
     layout, per_tile = graph.args.layout, graph.args.tokens_per_tile
     spec = SPECS[method]
     keep = spec.output_tokens(per_tile, graph.args.vision.grid_size)
+    question = question_inputs(model, spec)
     generator = torch.Generator().manual_seed(3)
     for size in SIZES:
         num_tiles = layout.num_tiles(size)
@@ -62,11 +100,15 @@ def test_per_tile_selection_is_the_unpruned_sequence_less_the_unkept_patches(tin
         newline_row = num_tiles * per_tile
         with torch.no_grad():
             unpruned = layout.image_embeddings(graph, tiles, size)
+            candidates = [
+                sorted(row - tile * per_tile for row in packing if row // per_tile == tile < num_tiles)
+                for tile in range(num_tiles)
+            ]
             kept = set()
             for tile in range(num_tiles):
-                allowed = sorted(row - tile * per_tile for row in packing if row // per_tile == tile < num_tiles)
-                kept |= {tile * per_tile + p for p in tile_oracle(method, graph, tiles, tile, allowed, keep)}
-            pruned = graph.select_tile_tokens(tiles, spec, *layout.vision_inputs(tiles, size, keep)[1:])
+                picks = tile_oracle(method, graph, tiles, tile, candidates, keep, question)
+                kept |= {tile * per_tile + p for p in picks}
+            pruned = graph.select_tile_tokens(tiles, spec, *layout.vision_inputs(tiles, size, keep)[1:], *question)
         expected = [i for i, row in enumerate(packing) if row == newline_row or row in kept]
         assert pruned.patch_index[0].tolist() == expected, (method, size)
         assert len(expected) == layout.selected_tokens(size, keep), size
@@ -95,7 +137,6 @@ def test_kept_counts_are_a_function_of_the_image_size_only():
         (SelectorSpec("prumerge+", tokens=4), "its fixed form samples a grid over all of the image's patches"),
         (SelectorSpec("pool", tokens=4), "averages whole m x m windows"),
         (SelectorSpec("fopru-row", ratio=0.5), "keeps whole patch-grid rows"),
-        (SelectorSpec("cdpruner", tokens=4), "conditions one DPP on the question"),
         (SelectorSpec("recover", tokens=2, text_tokens=2, merge_tokens=1), "starts from PruMerge's CLS outliers"),
     ],
 )
@@ -103,14 +144,15 @@ def test_selectors_that_cannot_run_per_tile_are_refused_with_the_reason(spec, re
     args = architecture("tiny-llava-next")
     recipe = Recipe("r", ModelRef(args.family, "tiny-llava-next", args.config_hash()), spec)
     with pytest.raises(
-        UserError, match=f"selector {re.escape(spec.method)} does not run per tile .*{reason}.*use dart / "
+        UserError, match=f"selector {re.escape(spec.method)} does not run per tile .*{reason}.*use cdpruner / dart / "
     ):
         recipe.check_model(args, "tiny-llava-next")
 
 
-@pytest.mark.parametrize("method", ["divprune", "fopru-rank"])
+@pytest.mark.parametrize("method", ["divprune", "fopru-rank", "cdpruner"])
 def test_per_tile_export_matches_eager_and_lints_for_tensorrt(exports, method):
-    """A projected-space selector and an attention-probe one; the build lints for TensorRT."""
+    """A projected-space selector, an attention-probe one and a text-guided one (the vision graph
+    takes the question's CLIP text embeddings); the build lints for TensorRT."""
     spec = SPECS[method]
     folder = exports("tiny-llava-next", f"{method}-tiles", selector=spec)
     report = verify_export(folder, max_new_tokens=8)

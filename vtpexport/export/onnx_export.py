@@ -64,7 +64,8 @@ def example_inputs(
         ids = torch.randint(0, text_encoder.args.vocab_size, (2, 9), generator=generator)
         inputs["text_encoder"] = (ids,)
         with torch.no_grad():
-            vision += (text_encoder(ids)[: vision[0].shape[0]],)
+            # One question per image: the batch's rows, or one for an image's tiles.
+            vision += (text_encoder(ids)[: 1 if layout.tiled else vision[0].shape[0]],)
     if LLM not in specs:  # only the graphs a selector shapes (the LLM's inputs follow from the vision graph's)
         return inputs | {"vision": vision}
     with torch.no_grad():

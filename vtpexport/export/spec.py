@@ -75,6 +75,8 @@ def vision_spec(
                 TensorSpec("newline_position", "int64", ("grid_rows",)),
                 *indices,
             )
+        if text is not None:  # one image's question
+            indices += (TensorSpec("text_embeds", dtype, (1, text.projection_dim)),)
         return GraphSpec("vision", (pixels, *indices), (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
     batch = 1 if adaptive else "batch"
     # LLaVA-HR: pixels at its input_image_size (1024); the fast path's 448 copy is made in the graph.

@@ -177,8 +177,9 @@ class SelectorInputs:
     patch_embeds: Tensor | None = None  # [B, N, P]
     text_embeds: Tensor | None = None  # [B, P]
     projected: Tensor | None = None  # [B, N, D_text]
-    # [B, N]: the patches a selector may keep (None: all). LLaVA-NeXT's unpadding drops the rest
-    # of a tile; a selector that runs on tiles keeps these first, and at most `keep` of them.
+    # [B, N]: the patches a selector may keep (None: all). Given only for one image's LLaVA-NeXT
+    # tiles (the rows), whose unpadding drops the rest of a tile; a selector that runs on tiles
+    # keeps these first, and at most `keep` of them.
     valid: Tensor | None = None
 
 
