@@ -81,10 +81,11 @@ SPECS = {
     "random": SelectorSpec("random", tokens=5),
     "fopru-rank": SelectorSpec("fopru-rank", ratio=0.5),
     "cdpruner": SelectorSpec("cdpruner", tokens=6),
+    "pool": SelectorSpec("pool", tokens=4),
 }
 
 
-@pytest.mark.parametrize("method", sorted(SPECS))
+@pytest.mark.parametrize("method", sorted(SPECS.keys() - {"pool"}))  # pool averages windows: its own test below
 def test_per_tile_selection_is_the_unpruned_sequence_less_the_unkept_patches(tiny_models, method):
     model = tiny_models["tiny-llava-next"]
     graph = model.graph
@@ -108,10 +109,11 @@ def test_per_tile_selection_is_the_unpruned_sequence_less_the_unkept_patches(tin
             for tile in range(num_tiles):
                 picks = tile_oracle(method, graph, tiles, tile, candidates, keep, question)
                 kept |= {tile * per_tile + p for p in picks}
-            pruned = graph.select_tile_tokens(tiles, spec, *layout.vision_inputs(tiles, size, keep)[1:], *question)
+            inputs = layout.vision_inputs(tiles, size, keep, spec.declaration)[1:]
+            pruned = graph.select_tile_tokens(tiles, spec, *inputs, *question)
         expected = [i for i, row in enumerate(packing) if row == newline_row or row in kept]
         assert pruned.patch_index[0].tolist() == expected, (method, size)
-        assert len(expected) == layout.selected_tokens(size, keep), size
+        assert len(expected) == layout.selected_tokens(size, keep, spec.declaration), size
         torch.testing.assert_close(pruned.embeds[0], unpruned[expected], atol=0, rtol=0, msg=f"{method} at {size}")
 
 
@@ -130,12 +132,72 @@ def test_kept_counts_are_a_function_of_the_image_size_only():
         assert high == max(layout.selected_tokens(s, keep) for s in layout.covering_sizes())
 
 
+def pooled_tile_oracle(graph, tiles, size, window: int) -> list[tuple[int, torch.Tensor]]:
+    """Pool per tile, from the unpruned packing: each window of a tile that holds a candidate
+    patch becomes the projected mean of its candidates, at the place its first candidate (raster
+    order) has in the unpruned sequence; then every image_newline at its place. In sequence order."""
+    args, layout = graph.args, graph.args.layout
+    grid, per_tile = args.vision.grid_size, args.tokens_per_tile
+    packing = layout.packing_index(size).tolist()
+    place = {row: i for i, row in enumerate(packing)}
+    features = graph.vision(tiles, feature_layer=args.feature_layer_index).features[:, 1:]
+    entries = []
+    for tile in range(len(tiles)):
+        for top in range(0, grid, window):
+            for left in range(0, grid, window):
+                window_patches = [r * grid + c for r in range(top, top + window) for c in range(left, left + window)]
+                members = [p for p in window_patches if tile * per_tile + p in place]
+                if members:
+                    mean = features[tile, members].mean(dim=0)
+                    entries.append((place[tile * per_tile + members[0]], graph.projector(mean)))
+    newline_row = len(tiles) * per_tile
+    entries += [(i, graph.image_newline) for i, row in enumerate(packing) if row == newline_row]
+    return sorted(entries, key=lambda entry: entry[0])
+
+
+def test_pool_per_tile_averages_each_windows_candidates_in_its_first_candidates_place(tiny_models):
+    """Unpadding cuts edge tiles mid-window at some sizes (a window keeps some of its patches)
+    and drops whole windows at others (the tile keeps fewer than m x m tokens)."""
+    graph = tiny_models["tiny-llava-next"].graph
+    layout, spec = graph.args.layout, SPECS["pool"]
+    keep, window = 4, graph.args.vision.grid_size // 2
+    generator = torch.Generator().manual_seed(4)
+    for size in SIZES:
+        tiles = torch.randn(layout.num_tiles(size), 3, 32, 32, generator=generator)
+        with torch.no_grad():
+            expected = pooled_tile_oracle(graph, tiles, size, window)
+            inputs = layout.vision_inputs(tiles, size, keep, spec.declaration)[1:]
+            pruned = graph.select_tile_tokens(tiles, spec, *inputs)
+        assert pruned.patch_index[0].tolist() == [place for place, _ in expected], size
+        assert len(expected) == layout.selected_tokens(size, keep, spec.declaration), size
+        torch.testing.assert_close(pruned.embeds[0], torch.stack([token for _, token in expected]), msg=str(size))
+
+
+def test_pool_keeps_per_tile_the_windows_that_hold_a_candidate_a_function_of_the_image_size():
+    args = architecture("tiny-llava-next")
+    layout, per_tile, grid = args.layout, args.tokens_per_tile, args.vision.grid_size
+    pool = SPECS["pool"].declaration
+    fewer = 0
+    for size in SIZES + [(h, w) for h in (17, 45, 96) for w in (13, 64, 95)]:
+        packing = layout.packing_index(size)
+        tile_rows = layout.num_tiles(size) * per_tile
+        windows = {
+            (row // per_tile, (row % per_tile) // grid // 2, row % grid // 2) for row in packing[packing < tile_rows]
+        }
+        rows = int((packing == tile_rows).sum())
+        assert layout.selected_tokens(size, 4, pool) == len(windows) + rows, size
+        fewer += layout.selected_tokens(size, 4, pool) < layout.selected_tokens(size, 4)
+    assert fewer > 0  # sizes where whole windows fall away: not the default min(keep, candidates)
+    low, _, high = layout.token_range(4, pool)
+    assert low == min(layout.selected_tokens(s, 4, pool) for s in layout.covering_sizes())
+    assert high == max(layout.selected_tokens(s, 4, pool) for s in layout.covering_sizes())
+
+
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [
         (SelectorSpec("prumerge", tokens=4), "merges every patch of one whole CLIP image"),
         (SelectorSpec("prumerge+", tokens=4), "its fixed form samples a grid over all of the image's patches"),
-        (SelectorSpec("pool", tokens=4), "averages whole m x m windows"),
         (SelectorSpec("fopru-row", ratio=0.5), "keeps whole patch-grid rows"),
         (SelectorSpec("recover", tokens=2, text_tokens=2, merge_tokens=1), "starts from PruMerge's CLS outliers"),
     ],
@@ -149,10 +211,11 @@ def test_selectors_that_cannot_run_per_tile_are_refused_with_the_reason(spec, re
         recipe.check_model(args, "tiny-llava-next")
 
 
-@pytest.mark.parametrize("method", ["divprune", "fopru-rank", "cdpruner"])
+@pytest.mark.parametrize("method", ["divprune", "fopru-rank", "cdpruner", "pool"])
 def test_per_tile_export_matches_eager_and_lints_for_tensorrt(exports, method):
-    """A projected-space selector, an attention-probe one and a text-guided one (the vision graph
-    takes the question's CLIP text embeddings); the build lints for TensorRT."""
+    """A projected-space selector, an attention-probe one, a text-guided one (the vision graph
+    takes the question's CLIP text embeddings) and pool (its own tile counts); the build lints
+    for TensorRT."""
     spec = SPECS[method]
     folder = exports("tiny-llava-next", f"{method}-tiles", selector=spec)
     report = verify_export(folder, max_new_tokens=8)
@@ -160,7 +223,7 @@ def test_per_tile_export_matches_eager_and_lints_for_tensorrt(exports, method):
     args = architecture("tiny-llava-next")
     keep = spec.output_tokens(args.tokens_per_tile, args.vision.grid_size)
     dims = json.loads((folder / "manifest.json").read_text())["dims"]
-    assert dims["image_tokens"]["max"] == args.layout.token_range(keep)[2]
+    assert dims["image_tokens"]["max"] == args.layout.token_range(keep, spec.declaration)[2]
     assert dims["grid_rows"] == dict(zip(("min", "opt", "max"), args.layout.grid_rows_range(), strict=True))
     result = lint_export(folder)
     assert not result.issues, result.summary()
@@ -180,10 +243,11 @@ def test_the_recipe_states_the_tile_budget_rule(tmp_path):
     assert Recipe.load(tmp_path / "old.yaml").selector == SPECS["dart"]
 
 
-@pytest.mark.parametrize("method", ["divprune", "random"])
+@pytest.mark.parametrize("method", ["divprune", "random", "pool"])
 def test_exact_count_equals_flop_counter_per_tile(tiny_models, method):
-    """The projector runs on every tile patch for a projected-space selector, on the kept ones
-    otherwise; the LLM on the kept tokens and every newline."""
+    """The projector runs on every tile patch for a projected-space selector, on the tokens
+    select returns per tile otherwise; the LLM on the kept tokens and every newline (pool keeps
+    2 of 4 windows in the edge tiles at this size)."""
     from test_flops import counted
 
     from vtpexport.flops import exact_prefill_macs
@@ -196,7 +260,8 @@ def test_exact_count_equals_flop_counter_per_tile(tiny_models, method):
     tiles = torch.randn(args.layout.num_tiles(size), 3, 32, 32)
     ids, ones = torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)
     with torch.no_grad(), FlopCounterMode(display=False) as mode:
-        embeds = graph.select_tile_tokens(tiles, spec, *args.layout.vision_inputs(tiles, size, keep)[1:]).embeds
+        inputs = args.layout.vision_inputs(tiles, size, keep, spec.declaration)[1:]
+        embeds = graph.select_tile_tokens(tiles, spec, *inputs).embeds
         graph.prefill(ids, embeds, ids, ones, torch.ones(1, embeds.shape[1], dtype=torch.long), ones)
     n_image, num_tiles = args.layout.num_tokens(size), args.layout.num_tiles(size)
     exact = exact_prefill_macs(args, recipe, n_image, 5, 5, num_tiles, size)

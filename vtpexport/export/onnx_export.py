@@ -58,7 +58,8 @@ def example_inputs(
     else:  # a batch of images; an adaptive selector's count is per image, so it takes one
         images = 1 if recipe is not None and recipe.selector is not None and recipe.selector.adaptive else 2
         tiles = torch.randn(images, args.vision.num_channels, *size, generator=generator)
-    vision = layout.vision_inputs(tiles, size, recipe.tile_keep(args) if recipe is not None else None)
+    keep, selector = (recipe.tile_keep(args), recipe.tile_selector) if recipe is not None else (None, None)
+    vision = layout.vision_inputs(tiles, size, keep, selector)
     inputs = {}
     if text_encoder is not None:
         ids = torch.randint(0, text_encoder.args.vocab_size, (2, 9), generator=generator)

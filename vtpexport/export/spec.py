@@ -196,7 +196,7 @@ def image_token_range(args: LlavaArgs, recipe: Recipe | None) -> tuple[int, int,
     if recipe is not None and recipe.selector is not None:
         keep = recipe.tile_keep(args)
         if keep is not None:
-            return args.layout.token_range(keep)
+            return args.layout.token_range(keep, recipe.tile_selector)
         return 1, args.vision.num_patches // 8, args.vision.num_patches + 1
     return args.layout.token_range()
 
