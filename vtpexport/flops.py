@@ -216,9 +216,10 @@ def exact_prefill_macs(
         entering = visual_plan(args, recipe, n_image, image_size)[0][0]
         if args.layout.tiled:
             # Per tile: projected-space selectors project every tile patch; the others project the
-            # kept patches (the image_newline rows are a parameter, not projected).
+            # `keep` tokens their select returns per tile, packed or not (the image_newline rows
+            # are a parameter, not projected).
             rows = tiles * args.tokens_per_tile
-            kept = entering - len(args.layout.newline_position(image_size))
+            kept = tiles * recipe.tile_keep(args)
         else:
             rows, kept = n_image, entering
         # Selectors run before the projector, except those that compare projected tokens.

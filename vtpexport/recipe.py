@@ -112,14 +112,19 @@ class Recipe:
                 f"{args.layout.rule} images, so the tokens entering the LLM follow from the image size, not from a "
                 "token count; count them at a size (vtpexport inspect / calibrate --image-size HxW)"
             )
-        return args.layout.selected_tokens(image_size, keep)
+        return args.layout.selected_tokens(image_size, keep, self.selector.declaration)
 
     def tile_keep(self, args: LlavaArgs) -> int | None:
-        """Patches the selector keeps per tile (the vision graph's inputs follow from it); None
-        without a selector."""
+        """Tokens the selector returns per tile (the vision graph's inputs follow from it, and
+        from `tile_selector`); None without a selector."""
         if self.selector is None:
             return None
         return self.selector.output_tokens(args.vision.num_patches, args.vision.grid_size)
+
+    @property
+    def tile_selector(self):
+        """The selector's declaration (how many of `tile_keep` each tile keeps), None without one."""
+        return self.selector.declaration if self.selector is not None else None
 
     def to_dict(self) -> dict:
         out = {

@@ -52,15 +52,24 @@ class AnyresVisionGraph(nn.Module):
 
 class AnyresSelectedVisionGraph(nn.Module):
     """LLaVA-NeXT with a selector per tile: tiles [T, C, H, W], patch_position [T, P],
-    newline_position [R] and packing_index [m] -> image_embeds [1, m, D]."""
+    newline_position [R], packing_index [m] (and text_embeds [1, P] for a text-guided selector)
+    -> image_embeds [1, m, D]."""
 
-    def __init__(self, llava: LlavaGraph, recipe: Recipe):
+    def __init__(self, llava: LlavaGraph, recipe: Recipe, visual_projection: nn.Module | None = None):
         super().__init__()
         self.llava = llava
         self.selector = recipe.selector
+        self.visual_projection = visual_projection
 
-    def forward(self, pixel_values: Tensor, patch_position: Tensor, newline_position: Tensor, packing_index: Tensor):
-        inputs = (patch_position, newline_position, packing_index)
+    def forward(
+        self,
+        pixel_values: Tensor,
+        patch_position: Tensor,
+        newline_position: Tensor,
+        packing_index: Tensor,
+        text_embeds: Tensor | None = None,
+    ):
+        inputs = (patch_position, newline_position, packing_index, text_embeds, self.visual_projection)
         return self.llava.select_tile_tokens(pixel_values, self.selector, *inputs).embeds
 
 
@@ -84,11 +93,12 @@ class VisionGraph(nn.Module):
 
 
 def vision_graph(llava: LlavaGraph, recipe: Recipe | None, text_encoder: ClipTextEncoder | None) -> nn.Module:
+    visual_projection = text_encoder.visual_projection if text_encoder is not None else None
     if llava.args.layout.tiled:
         if recipe is not None and recipe.selector is not None:
-            return AnyresSelectedVisionGraph(llava, recipe)
+            return AnyresSelectedVisionGraph(llava, recipe, visual_projection)
         return AnyresVisionGraph(llava)
-    return VisionGraph(llava, recipe, text_encoder.visual_projection if text_encoder is not None else None)
+    return VisionGraph(llava, recipe, visual_projection)
 
 
 class LlmGraph(nn.Module):

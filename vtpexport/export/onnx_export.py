@@ -59,13 +59,15 @@ def example_inputs(
     else:  # a batch of images; an adaptive selector's count is per image, so it takes one
         images = 1 if recipe is not None and recipe.selector is not None and recipe.selector.adaptive else 2
         tiles = torch.randn(images, args.vision.num_channels, *size, generator=generator)
-    vision = layout.vision_inputs(tiles, size, recipe.tile_keep(args) if recipe is not None else None)
+    keep, selector = (recipe.tile_keep(args), recipe.tile_selector) if recipe is not None else (None, None)
+    vision = layout.vision_inputs(tiles, size, keep, selector)
     inputs = {}
     if text_encoder is not None:
         ids = torch.randint(0, text_encoder.args.vocab_size, (2, 9), generator=generator)
         inputs["text_encoder"] = (ids,)
         with torch.no_grad():
-            vision += (text_encoder(ids)[: vision[0].shape[0]],)
+            # One question per image: the batch's rows, or one for an image's tiles.
+            vision += (text_encoder(ids)[: 1 if layout.tiled else vision[0].shape[0]],)
     if LLM not in specs:  # only the graphs a selector shapes (the LLM's inputs follow from the vision graph's)
         return inputs | {"vision": vision}
     embeds = output_like(vision_graph(llava, recipe, text_encoder), vision)

@@ -75,6 +75,8 @@ def vision_spec(
                 TensorSpec("newline_position", "int64", ("grid_rows",)),
                 *indices,
             )
+        if text is not None:  # one image's question
+            indices += (TensorSpec("text_embeds", dtype, (1, text.projection_dim)),)
         return GraphSpec("vision", (pixels, *indices), (TensorSpec("image_embeds", dtype, (1, "image_tokens", d)),))
     batch = 1 if adaptive else "batch"
     # LLaVA-HR: pixels at its input_image_size (1024); the fast path's 448 copy is made in the graph.
@@ -194,7 +196,7 @@ def image_token_range(args: LlavaArgs, recipe: Recipe | None) -> tuple[int, int,
     if recipe is not None and recipe.selector is not None:
         keep = recipe.tile_keep(args)
         if keep is not None:
-            return args.layout.token_range(keep)
+            return args.layout.token_range(keep, recipe.tile_selector)
         return 1, args.vision.num_patches // 8, args.vision.num_patches + 1
     return args.layout.token_range()
 

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from transformers.image_processing_utils import select_best_resolution
 
+from ..pruning.registry import Selector
+
 if TYPE_CHECKING:
     from .args import LlavaArgs
 
@@ -54,11 +56,11 @@ class SingleTile(ImageLayout):
         """Placeholders an image of (height, width) takes in the prompt."""
         return self.args.tokens_per_tile
 
-    def selected_tokens(self, image_size: tuple[int, int], keep: int) -> int:
+    def selected_tokens(self, image_size: tuple[int, int], keep: int, selector: Selector | None = None) -> int:
         """Visual tokens of an image after a selector keeping `keep` patches of the tile."""
         return keep
 
-    def token_range(self, keep: int | None = None) -> tuple[int, int, int]:
+    def token_range(self, keep: int | None = None, selector: Selector | None = None) -> tuple[int, int, int]:
         """(min, opt, max) visual tokens of an image: unpruned, or a selector's `keep` per tile."""
         return (self.args.tokens_per_tile if keep is None else keep,) * 3
 
@@ -69,9 +71,11 @@ class SingleTile(ImageLayout):
         """An image size for export tracing."""
         return self.reference_size()
 
-    def vision_inputs(self, tiles: Tensor, image_size: tuple[int, int], keep: int | None = None) -> tuple[Tensor, ...]:
+    def vision_inputs(
+        self, tiles: Tensor, image_size: tuple[int, int], keep: int | None = None, selector: Selector | None = None
+    ) -> tuple[Tensor, ...]:
         """The vision graph's inputs for one image's tiles [T, C, H, W]: unpruned, or with a
-        selector keeping `keep` patches per tile."""
+        selector (its declaration, `selector`) returning `keep` tokens per tile."""
         return (tiles,)
 
     def image_embeddings(self, graph, tiles: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -85,9 +89,12 @@ class AnyresTiles(ImageLayout):
 
     A selector runs per tile, on the tile's patches that survive unpadding, and keeps
     min(keep, those patches) of each (the budget rule `per_tile`: the same count for the base
-    tile and every high-resolution tile). Every image_newline is kept, and counted: the pruned
+    tile and every high-resolution tile), or what its declaration's `tile_counts` says (`pool`:
+    the windows that hold such a patch). Every image_newline is kept, and counted: the pruned
     sequence is the unpruned one with the unselected patch tokens taken out, so each kept token
-    keeps its place relative to the rows. Counts are functions of the image size only.
+    keeps its place relative to the rows (a pooled token takes its window's first patch's
+    place). Counts are functions of the image size only. `selector`: the selector's
+    declaration (None: the default rule, min(keep, those patches)).
     """
 
     rule = "anyres"
@@ -143,21 +150,27 @@ class AnyresTiles(ImageLayout):
         index = self.packing_index(image_size)
         return np.flatnonzero(index == self.num_tiles(image_size) * self.args.tokens_per_tile).astype(np.int64)
 
-    def kept_per_tile(self, image_size: tuple[int, int], keep: int) -> np.ndarray:
-        """[T]: patches a selector keeping `keep` per tile keeps of each tile (fewer where unpadding left fewer)."""
-        return np.minimum(keep, (self.patch_position(image_size) >= 0).sum(axis=1))
+    def kept_per_tile(self, image_size: tuple[int, int], keep: int, selector: Selector | None = None) -> np.ndarray:
+        """[T]: tokens a selector returning `keep` per tile keeps of each tile (by default fewer
+        only where unpadding left fewer patches)."""
+        candidates = self.patch_position(image_size) >= 0
+        rule = selector if selector is not None else Selector()  # the base declaration: the default rule
+        return np.asarray(rule.tile_counts(candidates, keep, self.args.vision.grid_size))
 
-    def selected_packing_index(self, image_size: tuple[int, int], keep: int) -> np.ndarray:
+    def selected_packing_index(
+        self, image_size: tuple[int, int], keep: int, selector: Selector | None = None
+    ) -> np.ndarray:
         """Rows of cat(kept tokens [T * keep] (per tile, those of unpadded patches first), one
         image_newline per grid row [R]) that make the pruned image, before they are put in the
         unpruned sequence's order: each tile's first `kept_per_tile`, then every newline."""
-        tiles = [t * keep + np.arange(count) for t, count in enumerate(self.kept_per_tile(image_size, keep))]
+        counts = self.kept_per_tile(image_size, keep, selector)
+        tiles = [t * keep + np.arange(count) for t, count in enumerate(counts)]
         tile_rows = self.num_tiles(image_size) * keep
         newlines = tile_rows + np.arange(len(self.newline_position(image_size)))
         return np.concatenate([*tiles, newlines]).astype(np.int64)
 
-    def selected_tokens(self, image_size: tuple[int, int], keep: int) -> int:
-        return len(self.selected_packing_index(image_size, keep))
+    def selected_tokens(self, image_size: tuple[int, int], keep: int, selector: Selector | None = None) -> int:
+        return len(self.selected_packing_index(image_size, keep, selector))
 
     def covering_sizes(self) -> list[tuple[int, int]]:
         """Image sizes whose counts bound every image's: aspect ratios from 1:10 to 10:1 cover
@@ -166,9 +179,9 @@ class AnyresTiles(ImageLayout):
         sizes = [(side * 10, side * w // 10 or 1) for w in range(10, 101)]
         return sizes + [(side * h // 10 or 1, side * 10) for h in range(10, 101)]
 
-    def token_range(self, keep: int | None = None) -> tuple[int, int, int]:
+    def token_range(self, keep: int | None = None, selector: Selector | None = None) -> tuple[int, int, int]:
         def count(size: tuple[int, int]) -> int:
-            return self.num_tokens(size) if keep is None else self.selected_tokens(size, keep)
+            return self.num_tokens(size) if keep is None else self.selected_tokens(size, keep, selector)
 
         counts = [count(size) for size in self.covering_sizes()]
         return min(counts), count(self.typical_size()), max(counts)
@@ -190,14 +203,16 @@ class AnyresTiles(ImageLayout):
         side = self.args.vision.image_size
         return (side * 2, side)  # a 2x1 tile grid: tiles and image tokens both vary
 
-    def vision_inputs(self, tiles: Tensor, image_size: tuple[int, int], keep: int | None = None) -> tuple[Tensor, ...]:
+    def vision_inputs(
+        self, tiles: Tensor, image_size: tuple[int, int], keep: int | None = None, selector: Selector | None = None
+    ) -> tuple[Tensor, ...]:
         if keep is None:
             return (tiles, torch.from_numpy(self.packing_index(image_size)))
         return (
             tiles,
             torch.from_numpy(self.patch_position(image_size)),
             torch.from_numpy(self.newline_position(image_size)),
-            torch.from_numpy(self.selected_packing_index(image_size, keep)),
+            torch.from_numpy(self.selected_packing_index(image_size, keep, selector)),
         )
 
     def image_embeddings(self, graph, tiles: Tensor, image_size: tuple[int, int]) -> Tensor:

@@ -66,9 +66,12 @@ class LlavaGraph(nn.Module):
         patch_position: Tensor,
         newline_position: Tensor,
         packing_index: Tensor,
+        text_embeds: Tensor | None = None,
+        visual_projection: nn.Module | None = None,
     ) -> ImageTokens:
         """LLaVA-NeXT: one image's tiles [T, C, H, W] -> its pruned visual tokens [1, m, D_text],
-        with the place [1, m] each had in the unpruned token sequence.
+        with the place [1, m] each had in the unpruned token sequence. A text-guided selector
+        takes the question's CLIP text embeddings [1, P] (every tile reads the same question).
 
         The selector runs on each tile (a batch of T), among the patches unpadding keeps
         (patch_position [T, P] >= 0: their place in the unpruned sequence), `keep` per tile. The
@@ -77,7 +80,9 @@ class LlavaGraph(nn.Module):
         (newline_position [R]); they enter in the unpruned sequence's order.
         """
         valid = patch_position >= 0
-        selection = self._select(tiles, selector, valid=valid)  # [T, K, D], patch_index [T, K]
+        if text_embeds is not None:
+            text_embeds = text_embeds.expand(tiles.shape[0], -1)
+        selection = self._select(tiles, selector, text_embeds, visual_projection, valid)  # [T, K, D], [T, K]
         # Sequence positions as float sort keys (exact below 2^24; TensorRT's TopK takes no int64).
         position = patch_position.gather(1, selection.patch_index).float()
         # Each tile's kept patches that unpadding keeps first (in sequence order), then the rest,

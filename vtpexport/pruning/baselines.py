@@ -5,6 +5,10 @@ method helps.
 
 Both read only the feature layer's patch tokens (no attention probabilities, no probe), export
 to a constant Gather and an AveragePool, and keep counts fixed by the recipe.
+
+On LLaVA-NeXT tiles, where unpadding cuts rows or columns off the edge tiles, a pooled token is
+the mean of its window's candidate patches, and a tile keeps the windows that hold one (a count
+that follows from the image size, `PooledGrid.tile_counts`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch import Tensor
 
 from ..schema import Field
 from .ops import gather_tokens, topk_ascending
-from .registry import COUNT, TILES, CountSelector, Selection, Selector, SelectorInputs, SelectorSpec, register
+from .registry import COUNT, CountSelector, Selection, Selector, SelectorInputs, SelectorSpec, register
 
 RANDOM_SEED = 0
 
@@ -51,7 +55,7 @@ def random_valid_patches(valid: Tensor, keep: int, seed: int = RANDOM_SEED) -> T
 class RandomPatches(CountSelector):
     name = "random"
     summary = "keep `tokens` patches drawn uniformly at random (one seeded draw, the same for every image)"
-    fields = CountSelector.fields | TILES
+    fields = CountSelector.fields
     tiles_refusal = None
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
@@ -69,7 +73,7 @@ class PooledGrid(Selector):
     name = "pool"
     summary = "average-pool the patch grid into `tokens` = m x m cells (m dividing the grid side)"
     fields = {"tokens": Field(COUNT)}
-    tiles_refusal = "averages whole m x m windows of the patch grid, and unpadding cuts LLaVA-NeXT's edge tiles"
+    tiles_refusal = None
 
     def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int:
         side = math.isqrt(spec.tokens)
@@ -81,11 +85,29 @@ class PooledGrid(Selector):
             )
         return spec.tokens
 
+    def tile_counts(self, candidates: np.ndarray, keep: int, grid_size: int) -> np.ndarray:
+        """[T]: the windows that hold a candidate patch, in each tile."""
+        side = math.isqrt(keep)
+        window = grid_size // side
+        return candidates.reshape(-1, side, window, side, window).any(axis=(2, 4)).sum(axis=(1, 2))
+
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         patches, grid = inputs.patches, inputs.grid_size
-        b, _, c = patches.shape
+        b, n, c = patches.shape
         window = grid // math.isqrt(self.output_tokens(spec, grid * grid, grid))
         cells = patches.transpose(1, 2).reshape(b, c, grid, grid)
-        pooled = F.avg_pool2d(cells, window).flatten(2).transpose(1, 2)
-        # Each token averages a window of patches, not one patch: -1, as for PruMerge's merged token.
-        return Selection(pooled, torch.full(pooled.shape[:2], -1, dtype=torch.long, device=patches.device))
+        if inputs.valid is None:
+            pooled = F.avg_pool2d(cells, window).flatten(2).transpose(1, 2)
+            # Each token averages a window of patches, not one patch: -1, as for PruMerge's merged token.
+            return Selection(pooled, torch.full(pooled.shape[:2], -1, dtype=torch.long, device=patches.device))
+        valid = inputs.valid.to(patches.dtype).reshape(b, 1, grid, grid)
+        # The mean of the window's candidates: sum(x v) / sum(v), both as window means; a window
+        # with none gives 0 (its token is not packed).
+        share = F.avg_pool2d(valid, window)
+        pooled = (F.avg_pool2d(cells * valid, window) / share.clamp_min(1 / window**2)).flatten(2).transpose(1, 2)
+        # Its place is its window's first candidate in raster order (a window with none: its first
+        # patch, not a candidate), a min-pool of the raster index, offset by n off the candidates.
+        index = torch.arange(n, dtype=torch.float32, device=patches.device).reshape(1, 1, grid, grid)
+        key = torch.where(valid > 0, index, index + n)
+        first = -F.max_pool2d(-key, window)
+        return Selection(pooled, torch.where(first >= n, first - n, first).flatten(1).long())

@@ -187,8 +187,9 @@ class SelectorInputs:
     patch_embeds: Tensor | None = None  # [B, N, P]
     text_embeds: Tensor | None = None  # [B, P]
     projected: Tensor | None = None  # [B, N, D_text]
-    # [B, N]: the patches a selector may keep (None: all). LLaVA-NeXT's unpadding drops the rest
-    # of a tile; a selector that runs on tiles keeps these first, and at most `keep` of them.
+    # [B, N]: the patches a selector may keep (None: all). Given only for one image's LLaVA-NeXT
+    # tiles (the rows), whose unpadding drops the rest of a tile; a selector that runs on tiles
+    # keeps these first, and at most `keep` of them.
     valid: Tensor | None = None
 
 
@@ -230,6 +231,14 @@ class Selector(Method):
 
     def output_tokens(self, spec: SelectorSpec, num_patches: int, grid_size: int) -> int | None:
         raise NotImplementedError
+
+    def tile_counts(self, candidates, keep: int, grid_size: int):
+        """[T] tokens each LLaVA-NeXT tile keeps, of the `keep` its `select` returns per tile, given
+        the tiles' candidates [T, P] (a numpy bool array: the patches unpadding keeps, a function of
+        the image size only). Its `select` puts those tokens first in each tile (their
+        `patch_index` a candidate), the others after (a patch_index that is not). By default
+        `keep`, or every candidate when the tile has fewer."""
+        return candidates.sum(axis=1).clip(max=keep)
 
     def select(self, spec: SelectorSpec, inputs: SelectorInputs) -> Selection:
         """The tensor entry point (eager and inside the exported vision graph)."""

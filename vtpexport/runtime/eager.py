@@ -23,15 +23,15 @@ def selected_image_tokens(model: LoadedModel, image: Image.Image, recipe: Recipe
     tiles, size = image_tiles(model.image_processor, model.args, image)
     tiles = tiles.to(device)
     layout = model.args.layout
+    question_inputs = ()
+    if recipe.selector.text_guided:
+        encoder = model.text_encoder
+        question_inputs = (encoder.embed([question]), encoder.module.visual_projection)
     if layout.tiled:
-        inputs = [t.to(device) for t in layout.vision_inputs(tiles, size, recipe.tile_keep(model.args))[1:]]
-        return model.graph.select_tile_tokens(tiles, recipe.selector, *inputs)
-    if not recipe.selector.text_guided:
-        return model.graph.select_image_tokens(tiles, recipe.selector)
-    encoder = model.text_encoder
-    return model.graph.select_image_tokens(
-        tiles, recipe.selector, encoder.embed([question]), encoder.module.visual_projection
-    )
+        keep = recipe.tile_keep(model.args)
+        inputs = [t.to(device) for t in layout.vision_inputs(tiles, size, keep, recipe.tile_selector)[1:]]
+        return model.graph.select_tile_tokens(tiles, recipe.selector, *inputs, *question_inputs)
+    return model.graph.select_image_tokens(tiles, recipe.selector, *question_inputs)
 
 
 @torch.no_grad()

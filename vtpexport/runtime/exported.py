@@ -82,8 +82,9 @@ class ExportRunner(Runner):
         tiles, size = image_tiles(self.image_processor, self.args, image)
         names = [entry["name"] for entry in self.manifest["graphs"]["vision"]["inputs"]]
         # The layout's inputs come first; a text-guided selector's text_embeds follow.
-        keep = self.recipe.tile_keep(self.args) if self.recipe is not None else None
-        inputs = self.args.layout.vision_inputs(tiles, size, keep)
+        recipe = self.recipe
+        keep, selector = (recipe.tile_keep(self.args), recipe.tile_selector) if recipe is not None else (None, None)
+        inputs = self.args.layout.vision_inputs(tiles, size, keep, selector)
         feeds = {name: to_numpy(t) for name, t in zip(names, inputs, strict=False)}
         if self.text_tokenizer is not None:
             feeds["text_embeds"] = self.text_embeddings(question)
