@@ -296,4 +296,6 @@ def test_selector_then_schedule_composes_in_export(exports):
     assert report.passed, report
     manifest = json.loads((folder / "manifest.json").read_text())
     expressions = manifest["graphs"]["llm"]["output_dim_expressions"]
-    assert expressions["present_len_1"] == "past_len_1 + prefix_len + image_tokens + suffix_len - ((image_tokens//3))"
+    assert expressions["present_len_1"] == (
+        "past_len_1 + prefix_len + suffix_len + Min(image_tokens, image_tokens - ((image_tokens//3)))"
+    )

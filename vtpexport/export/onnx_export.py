@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 from ..devices import DTYPES
 from ..graph.llava import LlavaGraph
@@ -99,9 +99,15 @@ def example_inputs(
 def output_like(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | torch.Tensor:
     """Tensors shaped and typed as `module(*inputs)`, found by a fake-tensor run that computes
     nothing: tracing needs only the shapes, and running a 7B LLM in fp16 on a CPU (no fp16 matrix
-    units: ~8 GFLOP/s a core) takes most of an hour. Float outputs are zeros, the others ones."""
-    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-        fake = module(*inputs)
+    units: ~8 GFLOP/s a core) takes most of an hour. Float outputs are zeros, the others ones.
+    An adaptive selector's count follows from the pixels, which only a real run of its (vision)
+    graph knows: its outputs are computed."""
+    try:
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+            fake = module(*inputs)
+    except DataDependentOutputException:
+        with torch.no_grad():
+            return module(*inputs)
 
     def real(tensor: torch.Tensor) -> torch.Tensor:
         fill = torch.zeros if tensor.dtype.is_floating_point else torch.ones
