@@ -20,7 +20,7 @@ from vtpexport.models.text_encoder import check_recipe_applies
 from vtpexport.recipe import ModelRef, Recipe, ScheduleSpec, SelectorSpec
 from vtpexport.runtime.eager import greedy_generate, image_embeddings, prepare
 from vtpexport.runtime.ort import OrtRunner
-from vtpexport.verify import GraphCheck, Tolerance, verify_export
+from vtpexport.verify import DecodeRun, GraphCheck, ReferenceOutputs, Tolerance, verify_export
 
 QUESTION = "What is in the picture?"
 
@@ -95,6 +95,28 @@ def test_comparator_passes_an_element_within_atol_plus_rtol_of_the_reference():
     check = GraphCheck("decode", Tolerance(atol=0.0, rtol=0.0))
     check.add(np.array([[1.0, 3.0]]), np.array([[2.0, 1.0]]), logits=True)  # argmax 1 vs 0
     assert check.outside == 2 and check.top1_agreement == 0.0 and check.max_abs_error == 2.0
+
+
+def test_default_atol_follows_each_outputs_rms_where_above_one():
+    """fp32 rounding grows with the magnitude of what is summed: the vision output of LLaVA-HR at
+    real width (RMS 4.8) differs between torch and ONNX Runtime by 1.2e-4 beside an element of
+    1.5, within 1e-4 x 4.8 but not within a bare 1e-4."""
+    rng = np.random.default_rng(0)
+    vision = rng.standard_normal((1, 64, 8)) * 4.8
+    logits = rng.standard_normal((2, 10)) * 0.5
+    expected = ReferenceOutputs([], [vision], None, [DecodeRun([0, 1], logits, [], [logits * 1.5])], [[], []])
+    scales = expected.output_scales()
+    assert scales["vision"] == pytest.approx(np.sqrt(np.mean(vision**2)))
+    assert scales["prefill"] == 1.0 and scales["decode"] == 1.0  # RMS about 0.5 and 0.75: no scaling below 1
+    near_cancellation = vision.copy()
+    near_cancellation[0, 0, 0] = 1.5
+    ours = near_cancellation.copy()
+    ours[0, 0, 0] += 1.2e-4
+    scaled = GraphCheck("vision", Tolerance(1e-4 * scales["vision"], 1e-5), scales["vision"])
+    scaled.add(ours, near_cancellation, logits=False)
+    bare = GraphCheck("vision", Tolerance(1e-4, 1e-5))
+    bare.add(ours, near_cancellation, logits=False)
+    assert scaled.passed and not bare.passed
 
 
 SELECTORS = {
