@@ -201,6 +201,23 @@ def test_toy_answers_held_out_questions(toy):
     assert right >= 85, list(zip(answers, [q.answer for _, q in held_out], strict=True))
 
 
+def test_the_deep_toy_never_saw_a_hidden_token_and_reads_the_image():
+    """`toy-deep`: 12 decoder layers (so FastV and PyramidDrop reach ~11% of the tokens), trained
+    without hiding tokens; on 100 held-out questions it beats its blind baseline's 37.5%."""
+    source = resolve_model("toy-deep")
+    report = json.loads((source.folder / "training_report.json").read_text())
+    assert source.kind == "builtin" and source.folder == SHIPPED_MODELS["toy-deep"]
+    assert report["settings"]["background_drop"] == 0 and report["settings"]["image_cutoff"] == 0
+    deep = load_model("toy-deep")
+    assert deep.args.text.num_layers == 12
+    held_out = toy_data.samples(EVAL_SEED, 100)
+    images = [toy_data.render(scene) for scene, _ in held_out]
+    batch = prepare(deep, images, [q.text for _, q in held_out], max_new_tokens=3)
+    answers = [deep.tokenizer.decode(t, skip_special_tokens=True).strip() for t in greedy_generate(deep, batch, 3)]
+    right = sum(a == q.answer for a, (_, q) in zip(answers, held_out, strict=True))
+    assert right >= 50 > 100 * report["blind_accuracy"]["overall"], right
+
+
 def test_toy_logits_match_transformers(toy):
     hf = AutoModelForImageTextToText.from_pretrained(toy.source.folder).eval()
     processor = AutoProcessor.from_pretrained(toy.source.folder, backend="pil")
