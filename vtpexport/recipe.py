@@ -17,7 +17,7 @@ import yaml
 from . import __version__
 from .errors import UserError
 from .graph.args import LlavaArgs
-from .pruning.registry import ScheduleSpec, SelectorSpec, describe, methods
+from .pruning.registry import ScheduleSpec, Selector, SelectorSpec, describe, methods
 from .recipe_schema import RECIPE
 from .schema import load_yaml, validate
 
@@ -115,16 +115,11 @@ class Recipe:
         return args.layout.selected_tokens(image_size, keep, self.selector.declaration)
 
     def tile_keep(self, args: LlavaArgs) -> int | None:
-        """Tokens the selector returns per tile (the vision graph's inputs follow from it, and
-        from `tile_selector`); None without a selector."""
+        """Tokens the selector returns per tile (the vision graph's inputs follow from it, see
+        `tile_rule`); None without a selector."""
         if self.selector is None:
             return None
         return self.selector.output_tokens(args.vision.num_patches, args.vision.grid_size)
-
-    @property
-    def tile_selector(self):
-        """The selector's declaration (how many of `tile_keep` each tile keeps), None without one."""
-        return self.selector.declaration if self.selector is not None else None
 
     def to_dict(self) -> dict:
         out = {
@@ -172,6 +167,15 @@ class Recipe:
     @staticmethod
     def load(path: str | Path) -> Recipe:
         return Recipe.from_dict(load_yaml(path, "recipe", MAX_RECIPE_BYTES), str(path))
+
+
+def tile_rule(recipe: Recipe | None, args: LlavaArgs) -> tuple[int | None, Selector | None]:
+    """What the layout's vision inputs and token counts take of a recipe: the tokens its selector
+    returns per tile, and the selector's declaration (how many of them each tile keeps); (None,
+    None) without a selector."""
+    if recipe is None or recipe.selector is None:
+        return None, None
+    return recipe.tile_keep(args), recipe.selector.declaration
 
 
 def _tuples(spec: dict) -> dict:

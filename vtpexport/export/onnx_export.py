@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from ..devices import DTYPES
 from ..graph.llava import LlavaGraph
 from ..graph.text_encoder import ClipTextEncoder
-from ..recipe import Recipe
+from ..recipe import Recipe, tile_rule
 from .attention import TARGETS, AttentionTarget
 from .modules import LlmGraph, TextEncoderGraph, vision_graph
 from .spec import LLM, PROMPT_INPUTS, GraphSpec, cache_feedback
@@ -59,8 +59,7 @@ def example_inputs(
     else:  # a batch of images; an adaptive selector's count is per image, so it takes one
         images = 1 if recipe is not None and recipe.selector is not None and recipe.selector.adaptive else 2
         tiles = torch.randn(images, args.vision.num_channels, *size, generator=generator)
-    keep, selector = (recipe.tile_keep(args), recipe.tile_selector) if recipe is not None else (None, None)
-    vision = layout.vision_inputs(tiles, size, keep, selector)
+    vision = layout.vision_inputs(tiles, size, *tile_rule(recipe, args))
     inputs = {}
     if text_encoder is not None:
         ids = torch.randint(0, text_encoder.args.vocab_size, (2, 9), generator=generator)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from ..graph.args import LlavaArgs
 from ..graph.text_encoder import ClipTextArgs
-from ..recipe import Recipe, ScheduleSpec
+from ..recipe import Recipe, ScheduleSpec, tile_rule
 
 
 @dataclass(frozen=True)
@@ -193,10 +193,10 @@ def graph_specs(
 
 def image_token_range(args: LlavaArgs, recipe: Recipe | None) -> tuple[int, int, int]:
     """(min, opt, max) visual tokens entering the LLM."""
-    if recipe is not None and recipe.selector is not None:
-        keep = recipe.tile_keep(args)
+    keep, selector = tile_rule(recipe, args)
+    if selector is not None:
         if keep is not None:
-            return args.layout.token_range(keep, recipe.tile_selector)
+            return args.layout.token_range(keep, selector)
         return 1, args.vision.num_patches // 8, args.vision.num_patches + 1
     return args.layout.token_range()
 

@@ -11,7 +11,7 @@ from ..graph.decoder import PrefillOutput
 from ..graph.llava import ImageTokens
 from ..models.loader import LoadedModel
 from ..models.text_encoder import check_recipe_applies
-from ..recipe import Recipe, ScheduleSpec
+from ..recipe import Recipe, ScheduleSpec, tile_rule
 from .batch import PreparedBatch, Runner, build_batch, image_tiles
 
 
@@ -28,8 +28,7 @@ def selected_image_tokens(model: LoadedModel, image: Image.Image, recipe: Recipe
         encoder = model.text_encoder
         question_inputs = (encoder.embed([question]), encoder.module.visual_projection)
     if layout.tiled:
-        keep = recipe.tile_keep(model.args)
-        inputs = [t.to(device) for t in layout.vision_inputs(tiles, size, keep, recipe.tile_selector)[1:]]
+        inputs = [t.to(device) for t in layout.vision_inputs(tiles, size, *tile_rule(recipe, model.args))[1:]]
         return model.graph.select_tile_tokens(tiles, recipe.selector, *inputs, *question_inputs)
     return model.graph.select_image_tokens(tiles, recipe.selector, *question_inputs)
 

@@ -18,7 +18,7 @@ from ..export.manifest import export_file, read_manifest
 from ..export.spec import IMAGE_EMBEDS, LLM, PREFIX_IDS, PROMPT_INPUTS, SUFFIX_IDS, SUFFIX_MASK, cache_feedback
 from ..models.families import args_from_config
 from ..models.loader import config_from_folder, load_processing
-from ..recipe import Recipe
+from ..recipe import Recipe, tile_rule
 from .batch import PreparedBatch, Runner, build_batch, image_tiles
 
 
@@ -82,9 +82,7 @@ class ExportRunner(Runner):
         tiles, size = image_tiles(self.image_processor, self.args, image)
         names = [entry["name"] for entry in self.manifest["graphs"]["vision"]["inputs"]]
         # The layout's inputs come first; a text-guided selector's text_embeds follow.
-        recipe = self.recipe
-        keep, selector = (recipe.tile_keep(self.args), recipe.tile_selector) if recipe is not None else (None, None)
-        inputs = self.args.layout.vision_inputs(tiles, size, keep, selector)
+        inputs = self.args.layout.vision_inputs(tiles, size, *tile_rule(self.recipe, self.args))
         feeds = {name: to_numpy(t) for name, t in zip(names, inputs, strict=False)}
         if self.text_tokenizer is not None:
             feeds["text_embeds"] = self.text_embeddings(question)
